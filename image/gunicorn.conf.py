@@ -1,0 +1,52 @@
+"""gunicorn configuration for the model server: every knob comes from model_server.config.Settings.
+
+Run as ``gunicorn -c gunicorn.conf.py model_server.wsgi:app`` from this directory (the image's WORKDIR).
+"""
+
+import os
+import shutil
+import tempfile
+
+from model_server.config import Settings
+
+settings = Settings.from_env()
+
+# Workers share metrics through files; a fresh directory per server start so counters restart at zero.
+metrics_dir = settings.metrics_dir or os.path.join(tempfile.gettempdir(), "model-server-metrics")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+# Created here, not in on_starting: preload_app imports the app (and its metrics) before that hook.
+shutil.rmtree(metrics_dir, ignore_errors=True)
+os.makedirs(metrics_dir, exist_ok=True)
+# One BLAS thread per worker: workers are the parallelism; more threads only contend for the cores.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+wsgi_app = "model_server.wsgi:app"
+bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+workers = settings.workers
+threads = settings.threads
+worker_class = "gthread" if settings.threads > 1 else "sync"
+timeout = settings.timeout
+graceful_timeout = settings.graceful_timeout
+keepalive = settings.keepalive
+# The model is loaded once in the master and shared copy-on-write by every worker.
+preload_app = True
+# Heartbeat files live in RAM, not on the (read-only) root filesystem.
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+# Header limits: hostile clients get 400/431 from gunicorn before the app sees anything.
+limit_request_line = 4094
+limit_request_fields = 64
+limit_request_field_size = 8190
+loglevel = settings.log_level
+errorlog = "-"
+accesslog = "-" if settings.access_log else None
+logger_class = "model_server.logs.GunicornJsonLogger"
+proc_name = "model-server"
+# gunicorn 24+ opens a control socket under $HOME by default; the root filesystem is read-only.
+control_socket_disable = True
+
+
+def child_exit(server, worker):
+    from model_server import metrics
+
+    metrics.worker_exited(worker.pid, metrics_dir)

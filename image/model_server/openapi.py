@@ -1,0 +1,204 @@
+"""The OpenAPI 3 description served at ``/openapi.json``. A test holds it to the app's real routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    meaning = {
+        400: "Malformed request",
+        404: "Unknown model or version",
+        413: "Body or row count over the limit",
+        415: "Unsupported Content-Type",
+        422: "Well-formed request the model cannot take (shape, features, datatype, non-finite values)",
+        503: "Model not ready",
+    }
+    return {str(code): _json(_ERROR, meaning[code]) for code in codes}
+
+
+def _get(summary: str, schema: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "responses": {"200": _json(schema, "OK"), **_errors(*errors)}}
+    if params:
+        operation["parameters"] = params
+    return {"get": operation}
+
+
+def _post(summary: str, request: dict[str, Any], response: dict[str, Any], params: list[dict[str, Any]] | None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+        "responses": {"200": _json(response, "Predictions"), **_errors(400, 404, 413, 415, 422, 503)},
+    }
+    if params:
+        operation["parameters"] = params
+    return {"post": operation}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}, "error": {"type": "string"}}},
+    "ModelReady": {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+    },
+    "ServerMetadata": {
+        "type": "object",
+        "required": ["name", "version", "extensions"],
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "TensorMetadata": {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "ModelMetadata": {
+        "type": "object",
+        "required": ["name", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+            "parameters": {"type": "object"},
+        },
+    },
+    "TensorData": {"type": "array", "items": {}},
+    "RequestInput": {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {
+                "type": "string",
+                "enum": ["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"],
+            },
+            "parameters": {"type": "object"},
+            "data": _ref("TensorData"),
+        },
+    },
+    "RequestOutput": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+    },
+    "InferenceRequest": {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "items": _ref("RequestInput")},
+            "outputs": {"type": "array", "items": _ref("RequestOutput")},
+        },
+    },
+    "ResponseOutput": {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "datatype": {"type": "string"},
+            "parameters": {"type": "object"},
+            "data": {"type": "array", "items": {"type": "number"}},
+        },
+    },
+    "InferenceResponse": {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _ref("ResponseOutput")},
+        },
+    },
+    "V1Request": {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "oneOf": [
+                        {"type": "array", "items": {"type": "number"}},
+                        {"type": "object", "additionalProperties": {"type": "number"}},
+                    ]
+                },
+            }
+        },
+    },
+    "V1Response": {
+        "type": "object",
+        "required": ["predictions"],
+        "properties": {"predictions": {"type": "array", "items": {"type": "number"}}},
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {"models": {"type": "array", "items": {"type": "string"}}},
+    },
+}
+
+
+def document(version: str) -> dict[str, Any]:
+    """The whole OpenAPI document for this server version."""
+    v2_infer = _post("V2 inference", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME])
+    v2_infer_version = _post("V2 inference, one version", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME, _VERSION])
+    paths = {
+        "/v2": _get("Server metadata", _ref("ServerMetadata")),
+        "/v2/health/live": _get("Liveness", _ref("Live")),
+        "/v2/health/ready": _get("Readiness: 200 when the model is loaded", _ref("Ready"), 503),
+        "/v2/models/{name}": _get("Model metadata", _ref("ModelMetadata"), 404, 503, params=[_NAME]),
+        "/v2/models/{name}/versions/{version}": _get(
+            "Model metadata, one version", _ref("ModelMetadata"), 404, 503, params=[_NAME, _VERSION]
+        ),
+        "/v2/models/{name}/ready": _get("Model readiness", _ref("ModelReady"), 404, 503, params=[_NAME]),
+        "/v2/models/{name}/versions/{version}/ready": _get(
+            "Model readiness, one version", _ref("ModelReady"), 404, 503, params=[_NAME, _VERSION]
+        ),
+        "/v2/models/{name}/infer": v2_infer,
+        "/v2/models/{name}/versions/{version}/infer": v2_infer_version,
+        "/v1/models": _get("Models served (KServe V1)", _ref("ModelList")),
+        "/v1/models/{name}": _get("Model readiness (KServe V1)", _ref("ModelReady"), 404, 503, params=[_NAME]),
+        "/v1/models/{name}:predict": _post("KServe V1 prediction", _ref("V1Request"), _ref("V1Response"), [_NAME]),
+        "/predict": _post("V1 prediction for the served model", _ref("V1Request"), _ref("V1Response"), None),
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, aggregated over workers",
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }
+        },
+        "/openapi.json": _get("This document", {"type": "object"}),
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "model-server", "version": version, "description": "scikit-learn model server (Open Inference Protocol V2 and KServe V1)"},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs every external tool the project uses, at pinned versions, into .tools/bin.
+# Idempotent: a tool already present at its pinned version is skipped in milliseconds.
+# Only package registries are used: Go tools via the Go module proxy, hadolint via PyPI (in the venv).
+#
+#   scripts/tools.sh            install what is missing
+#   scripts/tools.sh --check    report what is missing, install nothing (exit 1 if anything is)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/.tools/bin"
+mkdir -p "$bin"
+
+# name | go package | version. Both Helm majors are supported, so both are installed.
+TOOLS=(
+  "helm|helm.sh/helm/v3/cmd/helm|v3.22.0"
+  "helm4|helm.sh/helm/v4/cmd/helm|v4.3.1"
+  "kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.7.0"
+  "helm-docs|github.com/norwoodj/helm-docs/cmd/helm-docs|v1.14.2"
+  "actionlint|github.com/rhysd/actionlint/cmd/actionlint|v1.7.12"
+)
+
+check_only=false
+case "${1:-}" in
+  --check) check_only=true ;;
+  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "tools.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+missing=()
+for spec in "${TOOLS[@]}"; do
+  IFS='|' read -r name pkg version <<<"$spec"
+  stamp="$bin/.$name.version"
+  if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$version" ]]; then
+    continue
+  fi
+  if $check_only; then missing+=("$name@$version"); continue; fi
+  if ! command -v go >/dev/null 2>&1; then
+    echo "tools.sh: '$name' $version is missing and Go is not installed; install Go 1.22+ (e.g. apt-get install golang) and rerun" >&2
+    exit 1
+  fi
+  echo "tools.sh: installing $name $version (go install $pkg@$version)" >&2
+  tmp=$(mktemp -d)
+  # Each tool builds into its own dir: helm v3 and v4 both produce a binary named 'helm'.
+  if ! CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS=-mod=mod go install -ldflags "-s -w" "$pkg@$version" >&2; then
+    rm -rf "$tmp"; echo "tools.sh: go install $pkg@$version failed" >&2; exit 1
+  fi
+  mv "$tmp/$(basename "$pkg")" "$bin/$name"
+  rm -rf "$tmp"
+  echo "$version" >"$stamp"
+done
+
+if $check_only && ((${#missing[@]})); then
+  echo "tools.sh: missing: ${missing[*]} (run scripts/tools.sh)" >&2
+  exit 1
+fi

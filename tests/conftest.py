@@ -1,0 +1,105 @@
+"""Fixtures shared by every part's tests: a trained artifact and a real gunicorn server launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_DIR = ROOT / "image"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly trained default model artifact (LinearRegression on the diabetes data)."""
+    from model_server import artifact, train
+
+    model, metadata = train.train()
+    target = tmp_path_factory.mktemp("artifact") / "model"
+    artifact.save(model, metadata, target)
+    return target
+
+
+class Server:
+    """A gunicorn process running the image's own gunicorn.conf.py on 127.0.0.1."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "PYTHONPATH": str(IMAGE_DIR),
+            "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / f"metrics-{self.port}"),
+            **env,
+        }
+        self.log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=IMAGE_DIR,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_live(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if requests.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not live after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """Factory: start_server(env) -> a live Server; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str] | None = None, wait: bool = True) -> Server:
+        server = Server(env or {}, tmp_path / f"gunicorn-{len(servers)}.log")
+        servers.append(server)
+        if wait:
+            server.wait_live()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(signal.SIGKILL if server.process.poll() is None else signal.SIGTERM, timeout=10)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+
+from model_server import artifact
+from model_server.app import create_app
+from model_server.config import Settings
+
+ROWS = np.array(
+    [
+        [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017],
+        [-0.001, -0.044, -0.051, -0.026, -0.008, -0.019, 0.074, -0.039, -0.068, -0.092],
+        [0.085, 0.050, 0.044, -0.005, -0.045, -0.034, -0.032, -0.002, 0.002, -0.025],
+    ]
+)
+
+
+def make_settings(model_dir: Path, **overrides: str) -> Settings:
+    env = {"MODEL_SERVER_MODEL_DIR": str(model_dir), "MODEL_SERVER_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": ""}
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+def served(artifact_dir: Path) -> artifact.Artifact:
+    return artifact.load(artifact_dir)
+
+
+@pytest.fixture
+def client(artifact_dir: Path) -> FlaskClient:
+    app = create_app(make_settings(artifact_dir, MODEL_SERVER_MAX_ROWS="100", MODEL_SERVER_MAX_BODY_BYTES="65536"))
+    return app.test_client()

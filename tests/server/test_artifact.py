@@ -1,0 +1,173 @@
+import json
+import pickle
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+
+from model_server import artifact, train
+from model_server.errors import ArtifactError
+
+
+@pytest.fixture
+def copy(artifact_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    target.mkdir()
+    for item in artifact_dir.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
+def rewrite_metadata(directory: Path, **changes) -> None:
+    path = directory / artifact.METADATA_FILE
+    metadata = json.loads(path.read_text())
+    metadata.update(changes)
+    path.write_text(json.dumps(metadata))
+
+
+def write_metadata(directory: Path, model_file: str, fmt: str) -> None:
+    """Valid metadata for whatever model file a test planted, with its true checksum."""
+    _, metadata = train.train()
+    metadata.update(
+        schema_version=1,
+        format=fmt,
+        model_file=model_file,
+        model_sha256=artifact.sha256_file(directory / model_file),
+        sklearn_version=sklearn.__version__,
+    )
+    (directory / artifact.METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def test_training_is_deterministic_and_reports_held_out_metrics():
+    model_a, meta_a = train.train()
+    model_b, meta_b = train.train()
+    np.testing.assert_array_equal(model_a.coef_, model_b.coef_)
+    assert meta_a["metrics"] == meta_b["metrics"]
+    assert meta_a["training_data"]["fingerprint"] == meta_b["training_data"]["fingerprint"]
+    assert meta_a["metrics"]["test_rows"] == 89
+    assert 0.3 < meta_a["metrics"]["r2"] < 0.7
+
+
+def test_saved_artifact_round_trips_with_full_metadata(artifact_dir: Path):
+    loaded = artifact.load(artifact_dir)
+    meta = loaded.metadata
+    for key in (*artifact.REQUIRED_KEYS, "metrics", "training_data", "created_at"):
+        assert key in meta
+    assert meta["model_sha256"] == artifact.sha256_file(artifact_dir / "model.skops")
+    assert meta["sklearn_version"] == sklearn.__version__
+    assert loaded.feature_names[:3] == ["age", "sex", "bmi"]
+
+
+def test_save_replaces_an_existing_directory_atomically(artifact_dir: Path, tmp_path: Path):
+    model, metadata = train.train(version="2")
+    target = tmp_path / "model"
+    artifact.save(model, {**metadata, "version": "1"}, target)
+    artifact.save(model, metadata, target)
+    assert artifact.load(target).version == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_missing_directory_is_refused(tmp_path: Path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        artifact.load(tmp_path / "nope")
+
+
+def test_missing_metadata_is_refused(copy: Path):
+    (copy / "metadata.json").unlink()
+    with pytest.raises(ArtifactError, match="metadata.json is missing"):
+        artifact.load(copy)
+
+
+def test_sha256_mismatch_is_refused(copy: Path):
+    with (copy / "model.skops").open("ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        artifact.load(copy)
+
+
+def test_truncated_model_with_matching_checksum_is_refused(copy: Path):
+    model_file = copy / "model.skops"
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    rewrite_metadata(copy, model_sha256=artifact.sha256_file(model_file))
+    with pytest.raises(ArtifactError, match="not a readable skops file"):
+        artifact.load(copy)
+
+
+def test_other_sklearn_version_is_refused(copy: Path):
+    rewrite_metadata(copy, sklearn_version="0.24.2")
+    with pytest.raises(ArtifactError, match="trained with scikit-learn 0.24.2"):
+        artifact.load(copy)
+
+
+def test_metadata_lacking_keys_is_refused(copy: Path):
+    (copy / "metadata.json").write_text('{"name": "x"}')
+    with pytest.raises(ArtifactError, match="lacks"):
+        artifact.load(copy)
+
+
+def test_not_json_metadata_is_refused(copy: Path):
+    (copy / "metadata.json").write_text("{nope")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        artifact.load(copy)
+
+
+def test_object_without_predict_is_refused(tmp_path: Path):
+    import skops.io
+
+    target = tmp_path / "model"
+    target.mkdir()
+    skops.io.dump({"coef": [1, 2]}, target / "model.skops")
+    write_metadata(target, "model.skops", "skops")
+    with pytest.raises(ArtifactError, match="has no predict"):
+        artifact.load(target)
+
+
+class Exploit:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _pickle_artifact(directory: Path, marker: Path) -> None:
+    directory.mkdir()
+    (directory / "model.joblib").write_bytes(pickle.dumps(Exploit(str(marker))))
+    write_metadata(directory, "model.joblib", "joblib")
+
+
+def test_malicious_pickle_artifact_is_refused_without_running_it(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    _pickle_artifact(tmp_path / "model", marker)
+    with pytest.raises(ArtifactError, match="pickle-based artifact"):
+        artifact.load(tmp_path / "model")
+    assert not marker.exists()
+
+
+def test_skops_file_referencing_an_untrusted_callable_is_refused(tmp_path: Path):
+    # A classic skops attack: a transformer whose function is os.system. Loading must stop at the type check.
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    target = tmp_path / "model"
+    target.mkdir()
+    skops.io.dump(FunctionTransformer(func=os.system), target / "model.skops")
+    write_metadata(target, "model.skops", "skops")
+    with pytest.raises(ArtifactError, match=r"not trusted: .*system"):
+        artifact.load(target)
+
+
+def test_trusted_pickle_loads_only_when_switched_on(tmp_path: Path):
+    model, metadata = train.train()
+    target = tmp_path / "model"
+    artifact.save(model, metadata, target, fmt="joblib")
+    with pytest.raises(ArtifactError, match="MODEL_SERVER_TRUST_PICKLE"):
+        artifact.load(target)
+    loaded = artifact.load(target, trust_pickle=True)
+    np.testing.assert_allclose(loaded.model.coef_, joblib.load(target / "model.joblib").coef_)
