@@ -11,13 +11,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/.tools/bin"
 mkdir -p "$bin"
 
-# name | go package | version. Both Helm majors are supported, so both are installed.
+# name | go package | version | extra -ldflags. Both Helm majors are supported, so both are installed.
+# Helm's Makefile stamps its version and the Kubernetes version it assumes offline (helm template,
+# helm lint); `go install` does not, so the same -X flags are passed here. Helm 4 reads the
+# Kubernetes version from its build info by itself.
+HELM3_X=helm.sh/helm/v3
 TOOLS=(
-  "helm|helm.sh/helm/v3/cmd/helm|v3.22.0"
-  "helm4|helm.sh/helm/v4/cmd/helm|v4.3.1"
-  "kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.7.0"
-  "helm-docs|github.com/norwoodj/helm-docs/cmd/helm-docs|v1.14.2"
-  "actionlint|github.com/rhysd/actionlint/cmd/actionlint|v1.7.12"
+  "helm|$HELM3_X/cmd/helm|v3.22.0|-X $HELM3_X/internal/version.version=v3.22.0 -X $HELM3_X/pkg/chartutil.k8sVersionMajor=1 -X $HELM3_X/pkg/chartutil.k8sVersionMinor=37 -X $HELM3_X/pkg/lint/rules.k8sVersionMajor=1 -X $HELM3_X/pkg/lint/rules.k8sVersionMinor=37"
+  "helm4|helm.sh/helm/v4/cmd/helm|v4.3.1|-X helm.sh/helm/v4/internal/version.version=v4.3.1"
+  "kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.7.0|"
+  "helm-docs|github.com/norwoodj/helm-docs/cmd/helm-docs|v1.14.2|-X main.version=v1.14.2"
+  "actionlint|github.com/rhysd/actionlint/cmd/actionlint|v1.7.12|-X github.com/rhysd/actionlint.version=v1.7.12"
 )
 
 check_only=false
@@ -30,9 +34,10 @@ esac
 
 missing=()
 for spec in "${TOOLS[@]}"; do
-  IFS='|' read -r name pkg version <<<"$spec"
+  IFS='|' read -r name pkg version ldflags <<<"$spec"
   stamp="$bin/.$name.version"
-  if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$version" ]]; then
+  want="$version $ldflags"
+  if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     continue
   fi
   if $check_only; then missing+=("$name@$version"); continue; fi
@@ -43,12 +48,12 @@ for spec in "${TOOLS[@]}"; do
   echo "tools.sh: installing $name $version (go install $pkg@$version)" >&2
   tmp=$(mktemp -d)
   # Each tool builds into its own dir: helm v3 and v4 both produce a binary named 'helm'.
-  if ! CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS=-mod=mod go install -ldflags "-s -w" "$pkg@$version" >&2; then
+  if ! CGO_ENABLED=0 GOBIN="$tmp" GOFLAGS=-mod=mod go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version" >&2; then
     rm -rf "$tmp"; echo "tools.sh: go install $pkg@$version failed" >&2; exit 1
   fi
   mv "$tmp/$(basename "$pkg")" "$bin/$name"
   rm -rf "$tmp"
-  echo "$version" >"$stamp"
+  echo "$want" >"$stamp"
 done
 
 if $check_only && ((${#missing[@]})); then
