@@ -1,0 +1,157 @@
+"""Command line for the environment operations; scripts/{render,validate,promote,set-image,diff} call it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import OpsError, diff, environments, render, validate, values
+from .tools import ROOT
+
+
+def _envs_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", action="append", dest="envs", metavar="NAME", help="environment (repeatable; default: all)")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    decl = environments.load()
+    envs = decl.select(args.envs)
+    if args.output_dir:
+        for path in render.write(decl, envs, args.output_dir):
+            print(path, file=sys.stderr)
+        return 0
+    for env in envs:
+        sys.stdout.write(f"# ---- environment: {env.name} (release {decl.release_name}, namespace {env.namespace})\n")
+        sys.stdout.write(render.render(decl, env))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    decl = environments.load()
+    locations = tuple(args.schema_location or ())
+    schema_dir = args.schema_dir or os.environ.get("MSOPS_SCHEMA_DIR")
+    if schema_dir:
+        locations += validate.mirror_locations(Path(schema_dir))
+    report = validate.validate(
+        decl,
+        decl.select(args.envs),
+        tuple(args.kubernetes_version or validate.DEFAULT_KUBERNETES_VERSIONS),
+        locations or validate.PUBLIC_SCHEMA_LOCATIONS,
+    )
+    print("\n".join(report.lines))
+    if report.failures:
+        print(f"validate: {len(report.failures)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, path: str) -> int:
+    if not diff_text:
+        print("nothing to change", file=sys.stderr)
+        return 0
+    sys.stdout.write(diff_text)
+    if args.dry_run:
+        print("(dry run: nothing written)", file=sys.stderr)
+        return 0
+    if args.commit:
+        try:
+            subprocess.run(["git", "add", "--", path], cwd=ROOT, check=True)
+            subprocess.run(["git", "commit", "--quiet", "-m", message, "--", path], cwd=ROOT, check=True)
+        except subprocess.CalledProcessError as exc:
+            raise OpsError(f"git commit failed ({exc}); {path} is changed but not committed") from None
+        print(f"committed: {message}", file=sys.stderr)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    decl = environments.load()
+    source, target = decl.get(args.source), decl.get(args.target)
+    text = values.promote(decl, source, target, dry_run=args.dry_run)
+    tag = values.get_path(_merged(source), "image.tag")
+    message = f"Promote {source.name} to {target.name}: image {tag}"
+    return _finish_edit(text, message, args, target.values_files[-1])
+
+
+def cmd_set_image(args: argparse.Namespace) -> int:
+    decl = environments.load()
+    env = decl.get(args.env)
+    text = values.set_image(decl, env, args.tag, args.digest, dry_run=args.dry_run)
+    message = f"Deploy image {args.tag}{'@' + args.digest if args.digest else ''} to {env.name}"
+    return _finish_edit(text, message, args, env.values_files[-1])
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    if args.ref:
+        if len(args.environments) != 1:
+            raise OpsError("with --ref, name exactly one environment")
+        text = diff.against_ref(args.ref, args.environments[0])
+    else:
+        if len(args.environments) != 2:
+            raise OpsError("name two environments (or --ref REF and one environment)")
+        text = diff.between_environments(*args.environments)
+    sys.stdout.write(text or "no differences\n")
+    return 0
+
+
+def _merged(env: environments.Environment) -> dict:
+    import yaml
+
+    merged: dict = {}
+    for file in env.values_files:
+        merged = values.coalesce(merged, yaml.safe_load((ROOT / file).read_text()) or {})
+    return merged
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("render", help="helm template each environment exactly as Argo CD / Flux would")
+    _envs_arg(p)
+    p.add_argument("--output-dir", type=Path, help="write <env>.yaml files here instead of stdout")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("validate", help="schema, render and kubeconform every environment and the GitOps manifests")
+    _envs_arg(p)
+    p.add_argument("--kubernetes-version", action="append", metavar="X.Y.Z", help="default: 1.30.0 and 1.34.0")
+    p.add_argument("--schema-location", action="append", metavar="TEMPLATE", help="kubeconform schema location (repeatable)")
+    p.add_argument("--schema-dir", metavar="DIR", help="offline schema mirror (layout of shared/schemas); env MSOPS_SCHEMA_DIR")
+    p.set_defaults(func=cmd_validate)
+
+    for name, func, helptext in (
+        ("promote", cmd_promote, "copy the promoted keys (image tag and digest) to the next environment"),
+        ("set-image", cmd_set_image, "point one environment at an image tag (and digest)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if name == "promote":
+            p.add_argument("--from", dest="source", required=True, metavar="ENV")
+            p.add_argument("--to", dest="target", required=True, metavar="ENV")
+        else:
+            p.add_argument("--env", required=True)
+            p.add_argument("--tag", required=True)
+            p.add_argument("--digest", help="sha256:<64 hex>; omitted means no digest (the tag decides)")
+        p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+        p.add_argument("--commit", action="store_true", help="git commit the change")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("diff", help="rendered diff between two environments, or one environment against a git ref")
+    p.add_argument("environments", nargs="+", metavar="ENV")
+    p.add_argument("--ref", help="git ref to compare the work tree with")
+    p.set_defaults(func=cmd_diff)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OpsError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
