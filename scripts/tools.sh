@@ -56,6 +56,22 @@ for spec in "${TOOLS[@]}"; do
   echo "$want" >"$stamp"
 done
 
+# pss-check is this repository's own Go program (tools/pss-check): the Pod Security admission
+# controller's checks as a command line. Rebuilt when its source changes.
+pss_src="$root/tools/pss-check"
+pss_want=$(cat "$pss_src/go.mod" "$pss_src/go.sum" "$pss_src"/*.go | sha256sum | cut -c1-16)
+if [[ ! -x "$bin/pss-check" || "$(cat "$bin/.pss-check.version" 2>/dev/null)" != "$pss_want" ]]; then
+  if $check_only; then missing+=("pss-check")
+  else
+    command -v go >/dev/null 2>&1 || { echo "tools.sh: pss-check needs Go to build (tools/pss-check)" >&2; exit 1; }
+    echo "tools.sh: building pss-check (tools/pss-check)" >&2
+    (cd "$pss_src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$bin/pss-check.tmp" .) \
+      || { echo "tools.sh: building tools/pss-check failed" >&2; exit 1; }
+    mv "$bin/pss-check.tmp" "$bin/pss-check"
+    echo "$pss_want" >"$bin/.pss-check.version"
+  fi
+fi
+
 if $check_only && ((${#missing[@]})); then
   echo "tools.sh: missing: ${missing[*]} (run scripts/tools.sh)" >&2
   exit 1
