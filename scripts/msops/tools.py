@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 from . import OpsError
 
-ROOT = Path(__file__).resolve().parents[2]
-TOOLS_BIN = ROOT / ".tools" / "bin"
+# The repository the commands act on; MSOPS_ROOT points them at another checkout (tests use a scratch copy).
+ROOT = Path(os.environ.get("MSOPS_ROOT") or Path(__file__).resolve().parents[2])
+TOOLS_BIN = Path(__file__).resolve().parents[2] / ".tools" / "bin"
 
 
 def find(name: str) -> str:

@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import YAMLError
 
 from . import OpsError
 from .environments import Declaration, Environment
@@ -147,7 +148,12 @@ def edit(
     path = root / relative
     original = path.read_text()
     handler = _yaml()
-    data = handler.load(original) or CommentedMap()
+    try:
+        data = handler.load(original) or CommentedMap()
+    except YAMLError as exc:
+        raise OpsError(f"{relative} is not valid YAML: {exc}") from None
+    if not isinstance(data, CommentedMap):
+        raise OpsError(f"{relative} must be a mapping at the top level")
     change(data)
     buffer = io.StringIO()
     handler.dump(data, buffer)

@@ -1,0 +1,146 @@
+"""promote and set-image: comment-preserving, validated, atomic, and refusing bad input with the file untouched."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from msops import OpsError, environments, values
+from tests.kube import ROOT
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+def read(repo, env):
+    return (repo / f"environments/{env}/values.yaml").read_text()
+
+
+def changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    assert len(before.splitlines()) <= len(after.splitlines()) + 1
+    return [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=False) if a != b]
+
+
+def test_set_image_changes_only_the_image_and_keeps_comments(repo):
+    decl = environments.load(repo)
+    before = read(repo, "dev")
+    diff = values.set_image(decl, decl.get("dev"), "0.2.0", DIGEST_A, repo)
+    after = read(repo, "dev")
+    assert '+  tag: "0.2.0"' in diff
+    assert f"+  digest: {DIGEST_A}" in diff
+    assert [line for line in after.splitlines() if line.lstrip().startswith("#")] == [
+        line for line in before.splitlines() if line.lstrip().startswith("#")
+    ]
+    parsed_before, parsed_after = yaml.safe_load(before), yaml.safe_load(after)
+    parsed_after["image"] = parsed_before["image"]
+    assert parsed_after == parsed_before
+    # The digest line sits inside the image block, above the next block's comment.
+    lines = after.splitlines()
+    assert lines[lines.index(f"  digest: {DIGEST_A}") - 1] == '  tag: "0.2.0"'
+
+
+def test_set_image_without_digest_removes_a_stale_one(repo):
+    decl = environments.load(repo)
+    original = read(repo, "dev")
+    values.set_image(decl, decl.get("dev"), "0.2.0", DIGEST_A, repo)
+    values.set_image(decl, decl.get("dev"), "0.1.0", None, repo)
+    assert read(repo, "dev") == original
+
+
+def test_promote_copies_tag_and_digest_and_nothing_else(repo):
+    decl = environments.load(repo)
+    values.set_image(decl, decl.get("dev"), "0.3.0", DIGEST_B, repo)
+    before = read(repo, "staging")
+    diff = values.promote(decl, decl.get("dev"), decl.get("staging"), repo)
+    after = read(repo, "staging")
+    assert changed_lines(before, after) == [
+        ('  tag: "0.1.0"', '  tag: "0.3.0"'),
+        (f"  digest: {yaml.safe_load(before)['image']['digest']}", f"  digest: {DIGEST_B}"),
+    ]
+    content = [line for line in diff.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert len(content) == 4
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda d, r: values.set_image(d, d.get("dev"), "bad tag", None, r), "not a valid image tag"),
+        (lambda d, r: values.set_image(d, d.get("dev"), "1.0", "sha256:xyz", r), "is not a digest"),
+        (lambda d, r: values.set_image(d, d.get("staging"), "1.0", None, r), "requires an image digest"),
+        (lambda d, r: values.promote(d, d.get("dev"), d.get("prod"), r), "promotes to staging, not prod"),
+        (lambda d, r: values.promote(d, d.get("dev"), d.get("dev"), r), "same environment"),
+        (lambda d, r: values.promote(d, d.get("dev"), d.get("staging"), r), "requires an image digest"),
+        (lambda d, r: d.get("qa"), "unknown environment 'qa'"),
+    ],
+)
+def test_bad_input_is_refused_and_files_stay_untouched(repo, call, message):
+    decl = environments.load(repo)
+    snapshot = {env: read(repo, env) for env in decl.environments}
+    with pytest.raises(OpsError, match=message):
+        call(decl, repo)
+    assert {env: read(repo, env) for env in decl.environments} == snapshot
+    assert not list((repo / "environments").rglob(".values.yaml.*")), "temp file left behind"
+
+
+def test_an_edit_the_chart_schema_rejects_is_refused(repo):
+    decl = environments.load(repo)
+    path = repo / "environments/dev/values.yaml"
+    path.write_text(path.read_text().replace("replicaCount: 1", "replicaCount: -3"))
+    snapshot = path.read_text()
+    with pytest.raises(OpsError, match="replicaCount"):
+        values.set_image(decl, decl.get("dev"), "0.9.0", None, repo)
+    assert path.read_text() == snapshot
+
+
+def test_a_values_file_that_is_not_yaml_is_refused(repo):
+    decl = environments.load(repo)
+    path = repo / "environments/dev/values.yaml"
+    path.write_text(path.read_text() + "\nreplicaCount: 2\n")
+    snapshot = path.read_text()
+    with pytest.raises(OpsError, match="is not valid YAML"):
+        values.set_image(decl, decl.get("dev"), "0.9.0", None, repo)
+    assert path.read_text() == snapshot
+
+
+def test_dry_run_writes_nothing(repo):
+    decl = environments.load(repo)
+    before = read(repo, "dev")
+    assert "0.5.0" in values.set_image(decl, decl.get("dev"), "0.5.0", None, repo, dry_run=True)
+    assert read(repo, "dev") == before
+
+
+def test_cli_promote_commits_when_asked(repo):
+    decl = environments.load(repo)
+    values.set_image(decl, decl.get("dev"), "0.4.0", DIGEST_A, repo)
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "commit", "-qam", "dev at 0.4.0"], cwd=repo, check=True)
+    env = {
+        **os.environ,
+        "MSOPS_ROOT": str(repo),
+        "PYTHONPATH": str(ROOT / "scripts"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "msops", "promote", "--from", "dev", "--to", "staging", "--commit"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "+  tag: \"0.4.0\"" in run.stdout
+    log = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert log.strip() == "Promote dev to staging: image 0.4.0"
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout == ""
+
+
+def test_cli_failure_is_one_line_and_exit_1(repo):
+    env = {**os.environ, "MSOPS_ROOT": str(repo), "PYTHONPATH": str(ROOT / "scripts")}
+    run = subprocess.run(
+        [sys.executable, "-m", "msops", "set-image", "--env", "prod", "--tag", "x", "--digest", "sha256:nope"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == ["set-image: 'sha256:nope' is not a digest: expected sha256: followed by 64 lowercase hex digits"]
