@@ -24,15 +24,18 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 wsgi_app = "model_server.wsgi:app"
 bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
 workers = settings.workers
+# gevent by default: keep-alive connections skip a TCP handshake per request, and a slow client
+# waits in a greenlet instead of holding a whole worker (the sync worker's weakness).
+worker_class = settings.worker_class
+worker_connections = settings.worker_connections
 threads = settings.threads
-worker_class = "gthread" if settings.threads > 1 else "sync"
 timeout = settings.timeout
 graceful_timeout = settings.graceful_timeout
 keepalive = settings.keepalive
 # The model is loaded once in the master and shared copy-on-write by every worker.
 preload_app = True
 # Heartbeat files live in RAM, not on the (read-only) root filesystem.
-worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()  # noqa: S108 - RAM-backed by design
 # Header limits: hostile clients get 400/431 from gunicorn before the app sees anything.
 limit_request_line = 4094
 limit_request_fields = 64

@@ -35,7 +35,9 @@ def helm(*args: str, binary: str = "helm", check: bool = True) -> subprocess.Com
     return subprocess.run([tool(binary), *args], capture_output=True, text=True, check=check, cwd=ROOT)
 
 
-def template(*values: str, sets: tuple[str, ...] = (), binary: str = "helm", release: str = "rel", namespace: str = "ns") -> list[dict]:
+def template(
+    *values: str, sets: tuple[str, ...] = (), binary: str = "helm", release: str = "rel", namespace: str = "ns"
+) -> list[dict]:
     """Render the chart and parse every document."""
     args = ["template", release, str(CHART), "--namespace", namespace]
     for file in values:
@@ -46,7 +48,9 @@ def template(*values: str, sets: tuple[str, ...] = (), binary: str = "helm", rel
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def template_error(*sets: str, values_text: str | None = None, tmp_path: Path | None = None, binary: str = "helm") -> str:
+def template_error(
+    *sets: str, values_text: str | None = None, tmp_path: Path | None = None, binary: str = "helm"
+) -> str:
     """Render expecting failure; return helm's error text."""
     args = ["template", "rel", str(CHART)]
     for item in sets:

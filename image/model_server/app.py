@@ -17,6 +17,7 @@ from .model import ModelHolder
 from .routes import json_response
 
 log = logging.getLogger("model_server.app")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -44,13 +45,25 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         request.environ[logs.REQUEST_ID_ENVIRON_KEY] = g.request_id
 
+    # Label children cached per (route, method, status): labels() costs a locked lookup per call.
+    # Routes come from the URL map and methods from a fixed set, so a client cannot grow the series.
+    series: dict[tuple[str, str, int], tuple] = {}
+
     @app.after_request
     def finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+        method = request.method if request.method in _METHODS else "other"
+        key = (route, method, response.status_code)
+        children = series.get(key)
+        if children is None:
+            children = series[key] = (
+                metrics.REQUESTS.labels(route=route, method=method, status=str(response.status_code)),
+                metrics.LATENCY.labels(route=route),
+            )
+        children[0].inc()
         if "started" in g:
-            metrics.LATENCY.labels(route=route).observe(time.perf_counter() - g.started)
+            children[1].observe(time.perf_counter() - g.started)
         return response
 
     @app.errorhandler(ClientError)

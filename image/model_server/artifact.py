@@ -111,7 +111,8 @@ def save(model: Any, metadata: dict[str, Any], directory: Path, *, fmt: str = "s
             "sklearn_version": sklearn.__version__,
         }
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-        os.chmod(staging, 0o755)
+        # mkdtemp makes 0700; the serving user (not the trainer) must be able to read the artifact.
+        os.chmod(staging, 0o755)  # noqa: S103
         backup = None
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old")
@@ -143,7 +144,9 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}")
     names = metadata["feature_names"]
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == metadata["n_features"]):
+    if not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == metadata["n_features"]
+    ):
         raise ArtifactError(f"{path}: feature_names must be n_features strings")
     if metadata["format"] not in ("skops", "joblib"):
         raise ArtifactError(f"{path}: unknown format {metadata['format']!r}")

@@ -8,11 +8,12 @@ is generated from ``FIELDS``).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+WORKER_CLASSES = ("gevent", "sync", "gthread")
 
 
 class ConfigError(ValueError):
@@ -33,20 +34,30 @@ FIELDS: dict[str, Field] = {
     "host": Field("HOST", "127.0.0.1", "Address to bind; the image sets 0.0.0.0."),
     "port": Field("PORT", "8080", "TCP port to bind.", 1, 65535),
     "workers": Field("MODEL_SERVER_WORKERS", "2", "gunicorn worker processes.", 1, 256),
-    "threads": Field(
-        "MODEL_SERVER_THREADS", "1", "Threads per worker (1 = sync workers; >1 = gthread).", 1, 256
+    "worker_class": Field(
+        "MODEL_SERVER_WORKER_CLASS",
+        "gevent",
+        "gunicorn worker type: gevent (keep-alive; a slow client holds no worker), sync, or gthread.",
     ),
+    "worker_connections": Field(
+        "MODEL_SERVER_WORKER_CONNECTIONS", "100", "Most simultaneous connections per gevent worker.", 1, 100_000
+    ),
+    "threads": Field("MODEL_SERVER_THREADS", "4", "Threads per worker, for the gthread worker class.", 1, 256),
     "timeout": Field(
         "MODEL_SERVER_TIMEOUT", "30", "Seconds a worker may spend on one request before it is restarted.", 1, 3600
     ),
     "graceful_timeout": Field(
         "MODEL_SERVER_GRACEFUL_TIMEOUT", "20", "Seconds in-flight requests get to finish after SIGTERM.", 1, 3600
     ),
-    "keepalive": Field("MODEL_SERVER_KEEPALIVE", "5", "Seconds an idle keep-alive connection is held (gthread).", 0, 600),
+    "keepalive": Field(
+        "MODEL_SERVER_KEEPALIVE", "5", "Seconds an idle keep-alive connection is held (gevent, gthread).", 0, 600
+    ),
     "max_body_bytes": Field(
         "MODEL_SERVER_MAX_BODY_BYTES", "4194304", "Largest request body accepted; larger gets 413.", 1024, 1 << 30
     ),
-    "max_rows": Field("MODEL_SERVER_MAX_ROWS", "10000", "Most rows one request may ask for; more gets 413.", 1, 10_000_000),
+    "max_rows": Field(
+        "MODEL_SERVER_MAX_ROWS", "10000", "Most rows one request may ask for; more gets 413.", 1, 10_000_000
+    ),
     "log_level": Field("MODEL_SERVER_LOG_LEVEL", "info", "Log level: debug, info, warning, error, critical."),
     "access_log": Field("MODEL_SERVER_ACCESS_LOG", "true", "Write one JSON access-log line per request."),
     "model_dir": Field("MODEL_SERVER_MODEL_DIR", "/models/default", "Model artifact directory to serve."),
@@ -70,6 +81,8 @@ class Settings:
     host: str
     port: int
     workers: int
+    worker_class: str
+    worker_connections: int
     threads: int
     timeout: int
     graceful_timeout: int
@@ -86,7 +99,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every field from ``environ`` (default: the process environment); raise ConfigError naming the variable."""
+        """Read every field from ``environ`` (default: os.environ); raise ConfigError naming the variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
@@ -112,6 +125,10 @@ def _convert(name: str, spec: Field, raw: str) -> object:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{spec.env}={raw!r} is not a boolean (true/false)")
+    if name == "worker_class":
+        if raw.lower() not in WORKER_CLASSES:
+            raise ConfigError(f"{spec.env}={raw!r} is not one of {', '.join(WORKER_CLASSES)}")
+        return raw.lower()
     if name == "log_level":
         if raw.lower() not in LOG_LEVELS:
             raise ConfigError(f"{spec.env}={raw!r} is not one of {', '.join(LOG_LEVELS)}")

@@ -16,7 +16,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-REQUESTS = Counter("model_server_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"])
+REQUESTS = Counter(
+    "model_server_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]
+)
 LATENCY = Histogram(
     "model_server_request_duration_seconds",
     "Request latency by route, from the app's view (excludes socket time).",
@@ -25,9 +27,14 @@ LATENCY = Histogram(
 )
 ROWS_PREDICTED = Counter("model_server_predicted_rows_total", "Rows predicted, by protocol.", ["protocol"])
 MODEL_INFO = Gauge(
-    "model_server_model_info", "The loaded model's name and version (value 1).", ["name", "version"], multiprocess_mode="max"
+    "model_server_model_info",
+    "The loaded model's name and version (value 1).",
+    ["name", "version"],
+    multiprocess_mode="max",
 )
-MODEL_LOAD_FAILURES = Counter("model_server_model_load_failures_total", "Attempts to load a model artifact that failed.")
+MODEL_LOAD_FAILURES = Counter(
+    "model_server_model_load_failures_total", "Attempts to load a model artifact that failed."
+)
 
 
 def exposition(multiprocess_dir: str) -> tuple[bytes, str]:

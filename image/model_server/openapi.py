@@ -25,14 +25,18 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(_ERROR, meaning[code]) for code in codes}
 
 
-def _get(summary: str, schema: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _get(
+    summary: str, schema: dict[str, Any], *errors: int, params: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     operation: dict[str, Any] = {"summary": summary, "responses": {"200": _json(schema, "OK"), **_errors(*errors)}}
     if params:
         operation["parameters"] = params
     return {"get": operation}
 
 
-def _post(summary: str, request: dict[str, Any], response: dict[str, Any], params: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _post(
+    summary: str, request: dict[str, Any], response: dict[str, Any], params: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
@@ -50,7 +54,11 @@ def _ref(name: str) -> dict[str, str]:
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
-    "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}, "error": {"type": "string"}}},
+    "Ready": {
+        "type": "object",
+        "required": ["ready"],
+        "properties": {"ready": {"type": "boolean"}, "error": {"type": "string"}},
+    },
     "ModelReady": {
         "type": "object",
         "required": ["name", "ready"],
@@ -95,7 +103,19 @@ SCHEMAS: dict[str, Any] = {
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "datatype": {
                 "type": "string",
-                "enum": ["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"],
+                "enum": [
+                    "INT8",
+                    "INT16",
+                    "INT32",
+                    "INT64",
+                    "UINT8",
+                    "UINT16",
+                    "UINT32",
+                    "UINT64",
+                    "FP16",
+                    "FP32",
+                    "FP64",
+                ],
             },
             "parameters": {"type": "object"},
             "data": _ref("TensorData"),
@@ -169,7 +189,9 @@ SCHEMAS: dict[str, Any] = {
 def document(version: str) -> dict[str, Any]:
     """The whole OpenAPI document for this server version."""
     v2_infer = _post("V2 inference", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME])
-    v2_infer_version = _post("V2 inference, one version", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME, _VERSION])
+    v2_infer_version = _post(
+        "V2 inference, one version", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME, _VERSION]
+    )
     paths = {
         "/v2": _get("Server metadata", _ref("ServerMetadata")),
         "/v2/health/live": _get("Liveness", _ref("Live")),
@@ -198,7 +220,11 @@ def document(version: str) -> dict[str, Any]:
     }
     return {
         "openapi": "3.0.3",
-        "info": {"title": "model-server", "version": version, "description": "scikit-learn model server (Open Inference Protocol V2 and KServe V1)"},
+        "info": {
+            "title": "model-server",
+            "version": version,
+            "description": "scikit-learn model server (Open Inference Protocol V2 and KServe V1)",
+        },
         "paths": paths,
         "components": {"schemas": SCHEMAS},
     }

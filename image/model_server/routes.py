@@ -39,7 +39,10 @@ def read_json(allow_binary: bool = False) -> tuple[object, bytes]:
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status=status, headers=headers, mimetype="application/json"
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        headers=headers,
+        mimetype="application/json",
     )
 
 
@@ -87,7 +90,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
         current = holder.require(name, version)
         body, binary = read_json(allow_binary=True)
         parsed = v2.parse_request(body, binary, current.feature_names, max_rows)
-        predictions = holder.predict(current, parsed.matrix, "v2")
+        predictions = holder.predict(parsed.matrix, "v2")
         payload, binary_out = v2.encode_response(predictions, parsed, holder.name, current.version)
         if not binary_out:
             return json_response(payload)
@@ -117,10 +120,10 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
     def predict_alias() -> Response:
         return _predict_v1(holder.require(holder.name))
 
-    def _predict_v1(current) -> Response:  # noqa: ANN001 - Artifact, kept local to the hot path
+    def _predict_v1(current) -> Response:
         body, _ = read_json()
         matrix = v1.parse_request(body, current.feature_names, max_rows)
-        return json_response(v1.encode_response(holder.predict(current, matrix, "v1")))
+        return json_response(v1.encode_response(holder.predict(matrix, "v1")))
 
     # ---- Operations -------------------------------------------------------------------
     @app.get("/metrics")

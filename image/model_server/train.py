@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,7 @@ def train(estimator: str = "linear", name: str = "diabetes", version: str = "1")
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r} (choose from {', '.join(ESTIMATORS)})")
     data = load_diabetes()
-    x_train, x_test, y_train, y_test = train_test_split(
-        data.data, data.target, test_size=TEST_SIZE, random_state=SEED
-    )
+    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=TEST_SIZE, random_state=SEED)
     model = ESTIMATORS[estimator]()
     model.fit(x_train, y_train)
     predicted = model.predict(x_test)
@@ -64,8 +62,8 @@ def train(estimator: str = "linear", name: str = "diabetes", version: str = "1")
         "metrics": {
             "mse": round(float(mean_squared_error(y_test, predicted)), 6),
             "r2": round(float(r2_score(y_test, predicted)), 6),
-            "test_rows": int(len(y_test)),
-            "train_rows": int(len(y_train)),
+            "test_rows": len(y_test),
+            "train_rows": len(y_train),
         },
         "training_data": {
             "source": "sklearn.datasets.load_diabetes",
@@ -73,7 +71,7 @@ def train(estimator: str = "linear", name: str = "diabetes", version: str = "1")
             "split_seed": SEED,
             "test_size": TEST_SIZE,
         },
-        "created_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
     return model, metadata
 

@@ -106,8 +106,12 @@ def _read_tensors(inputs: list[Any], binary: bytes, max_rows: int) -> dict[str, 
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise ClientError(400, f"{where} binary_data_size {size!r} does not fit the binary section")
-            if size != prod(shape) * dtype.itemsize:
-                raise ClientError(422, f"{where} binary data is {size} bytes; shape {shape} of {datatype} needs {prod(shape) * dtype.itemsize}")
+            expected = prod(shape) * dtype.itemsize
+            if size != expected:
+                raise ClientError(
+                    422,
+                    f"{where} binary data is {size} bytes; shape {shape} of {datatype} needs {expected}",
+                )
             array = np.frombuffer(binary, dtype=dtype, count=prod(shape), offset=offset)
             offset += size
         else:
@@ -140,7 +144,8 @@ def _columns_to_matrix(tensors: dict[str, np.ndarray], feature_names: list[str],
         raise ClientError(
             422,
             "with several inputs, each must be one feature column named "
-            f"{', '.join(feature_names)}" + (f"; missing {', '.join(missing)}" if missing else "")
+            f"{', '.join(feature_names)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
             + (f"; unknown {', '.join(unknown)}" if unknown else ""),
         )
     columns = []

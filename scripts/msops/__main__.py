@@ -13,7 +13,9 @@ from .tools import ROOT
 
 
 def _envs_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", action="append", dest="envs", metavar="NAME", help="environment (repeatable; default: all)")
+    parser.add_argument(
+        "--env", action="append", dest="envs", metavar="NAME", help="environment (repeatable; default: all)"
+    )
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -106,7 +108,9 @@ def _merged(env: environments.Environment) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml.")
+    top = argparse.ArgumentParser(
+        prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml."
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("render", help="helm template each environment exactly as Argo CD / Flux would")
@@ -117,8 +121,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="schema, render and kubeconform every environment and the GitOps manifests")
     _envs_arg(p)
     p.add_argument("--kubernetes-version", action="append", metavar="X.Y.Z", help="default: 1.30.0 and 1.34.0")
-    p.add_argument("--schema-location", action="append", metavar="TEMPLATE", help="kubeconform schema location (repeatable)")
-    p.add_argument("--schema-dir", metavar="DIR", help="offline schema mirror (layout of shared/schemas); env MSOPS_SCHEMA_DIR")
+    p.add_argument(
+        "--schema-location", action="append", metavar="TEMPLATE", help="kubeconform schema location (repeatable)"
+    )
+    p.add_argument(
+        "--schema-dir", metavar="DIR", help="offline schema mirror (layout of shared/schemas); env MSOPS_SCHEMA_DIR"
+    )
     p.set_defaults(func=cmd_validate)
 
     for name, func, helptext in (

@@ -42,7 +42,9 @@ def check_argocd(decl: Declaration, root: Path = ROOT) -> list[str]:
     _compare(problems, "ApplicationSet source.repoURL", source.get("repoURL"), decl.repo_url)
     _compare(problems, "ApplicationSet source.targetRevision", source.get("targetRevision"), decl.revision)
     _compare(problems, "ApplicationSet source.path", source.get("path"), decl.chart)
-    _compare(problems, "ApplicationSet source.helm.releaseName", source.get("helm", {}).get("releaseName"), decl.release_name)
+    _compare(
+        problems, "ApplicationSet source.helm.releaseName", source.get("helm", {}).get("releaseName"), decl.release_name
+    )
     elements = {e.get("name"): e for g in spec.get("generators", []) for e in g.get("list", {}).get("elements", [])}
     _compare(problems, "ApplicationSet environments", sorted(elements), sorted(decl.environments))
     for name, env in decl.environments.items():
@@ -74,7 +76,9 @@ def check_flux(decl: Declaration, root: Path = ROOT) -> list[str]:
     _compare(problems, "GitRepository url", repo["spec"].get("url"), decl.repo_url)
     _compare(problems, "GitRepository ref.branch", repo["spec"].get("ref", {}).get("branch"), decl.revision)
     releases = {
-        path.parent.name: doc for path, doc in docs if doc.get("kind") == "HelmRelease" and path.parent.parent == root / FLUX_DIR
+        path.parent.name: doc
+        for path, doc in docs
+        if doc.get("kind") == "HelmRelease" and path.parent.parent == root / FLUX_DIR
     }
     _compare(problems, "Flux HelmRelease environments", sorted(releases), sorted(decl.environments))
     for name, env in decl.environments.items():
@@ -122,7 +126,12 @@ def referenced_paths(root: Path = ROOT) -> list[tuple[str, Path]]:
 
 
 def check_paths(root: Path = ROOT) -> list[str]:
-    return [f"{where} names {target.relative_to(root.resolve()) if target.is_relative_to(root.resolve()) else target}, which does not exist" for where, target in referenced_paths(root) if not target.exists()]
+    base = root.resolve()
+    return [
+        f"{where} names {target.relative_to(base) if target.is_relative_to(base) else target}, which does not exist"
+        for where, target in referenced_paths(root)
+        if not target.exists()
+    ]
 
 
 def check_all(decl: Declaration, root: Path = ROOT) -> list[str]:

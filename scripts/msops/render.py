@@ -10,7 +10,9 @@ from .environments import Declaration, Environment
 from .tools import ROOT
 
 
-def helm_template_args(decl: Declaration, env: Environment, root: Path = ROOT, replace: Mapping[str, Path] | None = None) -> list[str]:
+def helm_template_args(
+    decl: Declaration, env: Environment, root: Path = ROOT, replace: Mapping[str, Path] | None = None
+) -> list[str]:
     """Arguments after ``helm``; ``replace`` swaps a declared values file for another path (a candidate edit)."""
     args = ["template", decl.release_name, str(root / decl.chart), "--namespace", env.namespace]
     for file in env.values_files:
@@ -19,7 +21,11 @@ def helm_template_args(decl: Declaration, env: Environment, root: Path = ROOT, r
 
 
 def render(
-    decl: Declaration, env: Environment, root: Path = ROOT, replace: Mapping[str, Path] | None = None, helm: str = "helm"
+    decl: Declaration,
+    env: Environment,
+    root: Path = ROOT,
+    replace: Mapping[str, Path] | None = None,
+    helm: str = "helm",
 ) -> str:
     """The manifests of one environment, as one multi-document YAML string."""
     return tools.run([tools.find(helm), *helm_template_args(decl, env, root, replace)])

@@ -23,10 +23,9 @@ def mirror_locations(schema_dir: Path) -> tuple[str, ...]:
     """kubeconform locations for a local mirror laid out like ../shared/schemas."""
     if not (schema_dir / "kubernetes").is_dir() or not (schema_dir / "crds").is_dir():
         raise OpsError(f"schema directory {schema_dir} lacks kubernetes/ and crds/ (see shared/schemas/README.md)")
-    return (
-        f"{schema_dir}/kubernetes/{{{{ .NormalizedKubernetesVersion }}}}-standalone{{{{ .StrictSuffix }}}}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
-        f"{schema_dir}/crds/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
-    )
+    core = "{{ .NormalizedKubernetesVersion }}-standalone{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json"
+    crds = "{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
+    return (f"{schema_dir}/kubernetes/{core}", f"{schema_dir}/crds/{crds}")
 
 
 def kubeconform(paths: list[Path], version: str, locations: tuple[str, ...]) -> str:
@@ -85,7 +84,9 @@ def validate(
     return report
 
 
-def _kubeconform_each(report: Report, label: str, paths: list[Path], versions: tuple[str, ...], locations: tuple[str, ...]) -> None:
+def _kubeconform_each(
+    report: Report, label: str, paths: list[Path], versions: tuple[str, ...], locations: tuple[str, ...]
+) -> None:
     for version in versions:
         try:
             report.ok(f"{label}: kubeconform {version}: {kubeconform(paths, version, locations)}")

@@ -97,7 +97,7 @@ def _pop_keeping_comments(data: CommentedMap, key: str) -> None:
     if position == len(keys) - 1 and trailing is not None and position > 0 and trailing[2] is not None:
         # The removed key was last: the blank lines and comment after it now trail the new last key.
         text = trailing[2].value
-        tail = text[text.index("\n"):] if "\n" in text else ""
+        tail = text[text.index("\n") :] if "\n" in text else ""
         previous = keys[position - 1]
         entry = data.ca.items.setdefault(previous, [None, None, None, None])
         if entry[2] is None:
@@ -118,7 +118,9 @@ def coalesce(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def schema_errors(decl: Declaration, env: Environment, root: Path = ROOT, replace: dict[str, Path] | None = None) -> list[str]:
+def schema_errors(
+    decl: Declaration, env: Environment, root: Path = ROOT, replace: dict[str, Path] | None = None
+) -> list[str]:
     """The chart schema's complaints about an environment's merged values, each naming the key."""
     chart = root / decl.chart
     values = yaml.safe_load((chart / "values.yaml").read_text())
@@ -185,7 +187,9 @@ def edit(
     return diff
 
 
-def set_image(decl: Declaration, env: Environment, tag: str, digest: str | None, root: Path = ROOT, dry_run: bool = False) -> str:
+def set_image(
+    decl: Declaration, env: Environment, tag: str, digest: str | None, root: Path = ROOT, dry_run: bool = False
+) -> str:
     """Point ``env`` at an image: the tag, and the digest or none (a stale digest would win over the new tag)."""
     check_tag(tag)
     if digest is not None:
@@ -198,7 +202,9 @@ def set_image(decl: Declaration, env: Environment, tag: str, digest: str | None,
     return edit(decl, env, change, root, dry_run)
 
 
-def promote(decl: Declaration, source: Environment, target: Environment, root: Path = ROOT, dry_run: bool = False) -> str:
+def promote(
+    decl: Declaration, source: Environment, target: Environment, root: Path = ROOT, dry_run: bool = False
+) -> str:
     """Copy exactly the declared promotedKeys from ``source``'s values to ``target``'s."""
     if source.name == target.name:
         raise OpsError("--from and --to name the same environment")

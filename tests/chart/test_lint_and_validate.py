@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from msops.validate import PUBLIC_SCHEMA_LOCATIONS, mirror_locations
+
 from tests.kube import CHART, HELMS, KUBERNETES_VERSIONS, ROOT, helm, schema_dir, tool
 
 CI_VALUES = sorted(str(p.relative_to(ROOT)) for p in (CHART / "ci").glob("*-values.yaml"))
@@ -36,8 +36,19 @@ def test_ci_matrix_turns_every_optional_feature_on():
         docs = yaml.safe_load_all(helm("template", "rel", str(CHART), "--values", str(ROOT / values)).stdout)
         kinds |= {doc["kind"] for doc in docs if doc}
     assert kinds >= {
-        "Deployment", "Service", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "HorizontalPodAutoscaler",
-        "VerticalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Ingress", "HTTPRoute", "ServiceMonitor", "Pod",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "HorizontalPodAutoscaler",
+        "VerticalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Ingress",
+        "HTTPRoute",
+        "ServiceMonitor",
+        "Pod",
     }
 
 
@@ -70,13 +81,23 @@ def test_rendered_output_passes_kubeconform_strict(tmp_path, values, version):
 def test_every_pod_meets_the_restricted_pod_security_standard(tmp_path, values, binary):
     # The Pod Security admission controller's own checks (tools/pss-check), on every workload.
     rendered = render_to(tmp_path, values, binary)
-    result = subprocess.run([tool("pss-check"), "-level", "restricted", str(rendered)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("pss-check"), "-level", "restricted", str(rendered)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"[1-9]\d* workload\(s\) checked, 0 violate", result.stdout), result.stdout
 
 
 def test_policy_check_catches_a_violation(tmp_path):
-    result = helm("template", "rel", str(CHART), "--set", "podSecurityContext.runAsNonRoot=false", "--set", "securityContext.runAsNonRoot=false")
+    result = helm(
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "podSecurityContext.runAsNonRoot=false",
+        "--set",
+        "securityContext.runAsNonRoot=false",
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(result.stdout)
     check = subprocess.run([tool("pss-check"), str(bad)], capture_output=True, text=True, check=False)
@@ -102,5 +123,9 @@ def test_chart_readme_is_fresh(tmp_path):
     # helm-docs regenerates the values table from the `# --` comments; a stale README fails here.
     copy = tmp_path / "chart"
     subprocess.run(["cp", "-r", str(CHART), str(copy)], check=True)
-    subprocess.run([tool("helm-docs"), "--chart-search-root", str(copy), "--log-level", "error"], check=True, cwd=tmp_path)
-    assert (copy / "README.md").read_text() == (CHART / "README.md").read_text(), "chart/README.md is stale: run scripts/docs"
+    subprocess.run(
+        [tool("helm-docs"), "--chart-search-root", str(copy), "--log-level", "error"], check=True, cwd=tmp_path
+    )
+    assert (copy / "README.md").read_text() == (CHART / "README.md").read_text(), (
+        "chart/README.md is stale: run scripts/docs"
+    )

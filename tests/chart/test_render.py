@@ -100,7 +100,9 @@ def test_digest_wins_over_tag():
 
 
 def test_pvc_mode_creates_a_retained_claim():
-    docs = template(sets=("model.mode=pvc", "model.pvc.size=2Gi", "model.subPath=m/1", "model.pvc.storageClassName=fast"))
+    docs = template(
+        sets=("model.mode=pvc", "model.pvc.size=2Gi", "model.subPath=m/1", "model.pvc.storageClassName=fast")
+    )
     claim = one(docs, "PersistentVolumeClaim")
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
@@ -109,7 +111,9 @@ def test_pvc_mode_creates_a_retained_claim():
     assert {"name": "model", "persistentVolumeClaim": {"claimName": "rel-model-server-model"}} in pod["volumes"]
     assert {"name": "model", "mountPath": "/mnt/models", "readOnly": True} in container(docs)["volumeMounts"]
     assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_MODEL_DIR"] == "/mnt/models/m/1"
-    assert "helm.sh/resource-policy" not in str(template(sets=("model.mode=pvc", "model.pvc.size=1Gi", "model.pvc.retain=false")))
+    assert "helm.sh/resource-policy" not in str(
+        template(sets=("model.mode=pvc", "model.pvc.size=1Gi", "model.pvc.retain=false"))
+    )
 
 
 def test_existing_claim_mode_mounts_it_without_creating_one():
@@ -121,7 +125,12 @@ def test_existing_claim_mode_mounts_it_without_creating_one():
 
 def test_fetch_init_container_verifies_the_download():
     docs = template(
-        sets=("model.mode=emptyDir", "model.fetch.enabled=true", "model.fetch.url=https://x/m.tgz", f"model.fetch.sha256={'d' * 64}")
+        sets=(
+            "model.mode=emptyDir",
+            "model.fetch.enabled=true",
+            "model.fetch.url=https://x/m.tgz",
+            f"model.fetch.sha256={'d' * 64}",
+        )
     )
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
@@ -148,9 +157,17 @@ def test_vpa_recommends_only_by_default():
 
 
 def test_pdb_uses_max_unavailable_unless_min_available_is_chosen():
-    assert one(template(sets=("podDisruptionBudget.enabled=true",)), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert (
+        one(template(sets=("podDisruptionBudget.enabled=true",)), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    )
     pdb = one(
-        template(sets=("podDisruptionBudget.enabled=true", "podDisruptionBudget.minAvailable=2", "podDisruptionBudget.maxUnavailable=null")),
+        template(
+            sets=(
+                "podDisruptionBudget.enabled=true",
+                "podDisruptionBudget.minAvailable=2",
+                "podDisruptionBudget.maxUnavailable=null",
+            )
+        ),
         "PodDisruptionBudget",
     )
     assert pdb["spec"]["minAvailable"] == 2
@@ -163,7 +180,11 @@ def test_network_policy_denies_everything_but_listed_sources():
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rule = policy["spec"]["ingress"][0]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    namespaces = [s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for s in rule["from"] if "namespaceSelector" in s]
+    namespaces = [
+        s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for s in rule["from"]
+        if "namespaceSelector" in s
+    ]
     assert namespaces == ["frontend", "ingress-nginx", "monitoring"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}} in rule["from"]
     denied = one(template(sets=("networkPolicy.enabled=true",)), "NetworkPolicy")
@@ -181,7 +202,9 @@ def test_ingress_and_httproute_point_at_the_service():
 
 
 def test_service_monitor_scrapes_metrics():
-    monitor = one(template(sets=("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")), "ServiceMonitor")
+    monitor = one(
+        template(sets=("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prom")), "ServiceMonitor"
+    )
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert monitor["metadata"]["labels"]["release"] == "prom"
 

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-
 from msops import OpsError, environments, manifests
+
 from tests.kube import ROOT
 
 
@@ -15,7 +15,8 @@ def test_declaration_lists_dev_staging_prod_in_promotion_order():
     assert decl.get("staging").promotes_to == "prod"
     assert decl.get("prod").promotes_to is None
     assert decl.get("prod").sync == "manual"
-    assert decl.get("staging").require_digest and decl.get("prod").require_digest
+    assert decl.get("staging").require_digest
+    assert decl.get("prod").require_digest
 
 
 def test_argocd_and_flux_agree_with_the_declaration():
@@ -38,14 +39,44 @@ def _edit(path: Path, old: str, new: str) -> None:
 @pytest.mark.parametrize(
     ("file", "old", "new", "complaint"),
     [
-        ("environments/argocd/applicationset.yaml", "namespace: model-server-staging", "namespace: model-server-stg", "element 'staging' namespace"),
+        (
+            "environments/argocd/applicationset.yaml",
+            "namespace: model-server-staging",
+            "namespace: model-server-stg",
+            "element 'staging' namespace",
+        ),
         ("environments/argocd/applicationset.yaml", "releaseName: model-server", "releaseName: model", "releaseName"),
-        ("environments/argocd/applicationset.yaml", "targetRevision: main", "targetRevision: develop", "targetRevision"),
-        ("environments/flux/prod/helmrelease.yaml", "targetNamespace: model-server-prod", "targetNamespace: prod", "'prod' targetNamespace"),
-        ("environments/flux/dev/helmrelease.yaml", "- environments/dev/values.yaml", "- environments/dev/values-old.yaml", "'dev' valuesFiles"),
+        (
+            "environments/argocd/applicationset.yaml",
+            "targetRevision: main",
+            "targetRevision: develop",
+            "targetRevision",
+        ),
+        (
+            "environments/flux/prod/helmrelease.yaml",
+            "targetNamespace: model-server-prod",
+            "targetNamespace: prod",
+            "'prod' targetNamespace",
+        ),
+        (
+            "environments/flux/dev/helmrelease.yaml",
+            "- environments/dev/values.yaml",
+            "- environments/dev/values-old.yaml",
+            "'dev' valuesFiles",
+        ),
         ("environments/flux/source/gitrepository.yaml", "branch: main", "branch: master", "ref.branch"),
-        ("environments/flux/clusters/staging/model-server.yaml", "path: ./environments/flux/staging", "path: ./environments/flux/stage", "applies ./environments/flux/staging"),
-        ("environments/argocd/project.yaml", "namespace: model-server-prod", "namespace: other", "does not allow destination"),
+        (
+            "environments/flux/clusters/staging/model-server.yaml",
+            "path: ./environments/flux/staging",
+            "path: ./environments/flux/stage",
+            "applies ./environments/flux/staging",
+        ),
+        (
+            "environments/argocd/project.yaml",
+            "namespace: model-server-prod",
+            "namespace: other",
+            "does not allow destination",
+        ),
     ],
 )
 def test_a_manifest_that_drifts_from_the_declaration_is_named(repo, file, old, new, complaint):

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import yaml
-
 from msops import environments, validate
 from msops.diff import against_ref, between_environments
 from msops.render import render
+
 from tests.kube import ROOT, schema_dir
 
 
@@ -30,9 +30,13 @@ def test_render_uses_the_declared_release_namespace_and_values(name):
 
 def test_environments_differ_where_real_environments_differ():
     decl = environments.load()
-    kinds = {name: {d["kind"] for d in yaml.safe_load_all(render(decl, decl.get(name))) if d} for name in decl.environments}
+    kinds = {
+        name: {d["kind"] for d in yaml.safe_load_all(render(decl, decl.get(name))) if d} for name in decl.environments
+    }
     assert "HorizontalPodAutoscaler" not in kinds["dev"]
-    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Ingress", "ServiceMonitor"} <= kinds["staging"]
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Ingress", "ServiceMonitor"} <= kinds[
+        "staging"
+    ]
     assert kinds["prod"] == kinds["staging"]
 
 
@@ -50,7 +54,12 @@ def test_validate_reports_a_bad_values_file(repo):
     path.write_text(path.read_text().replace("maxReplicas: 4", "maxReplicas: four"))
     decl = environments.load(repo)
     mirror = schema_dir()
-    report = validate.validate(decl, [decl.get("staging")], locations=validate.mirror_locations(mirror) if mirror else validate.PUBLIC_SCHEMA_LOCATIONS, root=repo)
+    report = validate.validate(
+        decl,
+        [decl.get("staging")],
+        locations=validate.mirror_locations(mirror) if mirror else validate.PUBLIC_SCHEMA_LOCATIONS,
+        root=repo,
+    )
     assert any("staging: values schema: autoscaling.maxReplicas" in f for f in report.failures), report.lines
 
 
@@ -71,10 +80,19 @@ def test_diff_against_a_ref_shows_a_pending_change(repo):
 
 def test_scripts_render_writes_one_file_per_environment(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
-    subprocess.run([sys.executable, "-m", "msops", "render", "--output-dir", str(tmp_path)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "msops", "render", "--output-dir", str(tmp_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.yaml", "prod.yaml", "staging.yaml"]
-    one = subprocess.run([sys.executable, "-m", "msops", "render", "--env", "prod"], env=env, check=True, capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, "-m", "msops", "render", "--env", "prod"], env=env, check=True, capture_output=True, text=True
+    )
     assert one.stdout.startswith("# ---- environment: prod")
-    bad = subprocess.run([sys.executable, "-m", "msops", "render", "--env", "qa"], env=env, capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "msops", "render", "--env", "qa"], env=env, capture_output=True, text=True, check=False
+    )
     assert bad.returncode == 1
     assert "unknown environment 'qa'" in bad.stderr

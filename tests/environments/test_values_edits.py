@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import yaml
-
 from msops import OpsError, environments, values
+
 from tests.kube import ROOT
 
 DIGEST_A = "sha256:" + "a" * 64
@@ -127,20 +127,33 @@ def test_cli_promote_commits_when_asked(repo):
     }
     run = subprocess.run(
         [sys.executable, "-m", "msops", "promote", "--from", "dev", "--to", "staging", "--commit"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
-    assert "+  tag: \"0.4.0\"" in run.stdout
-    log = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    assert '+  tag: "0.4.0"' in run.stdout
+    log = subprocess.run(
+        ["git", "log", "-1", "--format=%s"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
     assert log.strip() == "Promote dev to staging: image 0.4.0"
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout == ""
+    assert (
+        subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True).stdout
+        == ""
+    )
 
 
 def test_cli_failure_is_one_line_and_exit_1(repo):
     env = {**os.environ, "MSOPS_ROOT": str(repo), "PYTHONPATH": str(ROOT / "scripts")}
     run = subprocess.run(
         [sys.executable, "-m", "msops", "set-image", "--env", "prod", "--tag", "x", "--digest", "sha256:nope"],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == ["set-image: 'sha256:nope' is not a digest: expected sha256: followed by 64 lowercase hex digits"]
+    assert run.stderr.strip().splitlines() == [
+        "set-image: 'sha256:nope' is not a digest: expected sha256: followed by 64 lowercase hex digits"
+    ]

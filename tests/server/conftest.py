@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-
 from model_server import artifact
 from model_server.app import create_app
 from model_server.config import Settings
@@ -20,7 +19,11 @@ ROWS = np.array(
 
 
 def make_settings(model_dir: Path, **overrides: str) -> Settings:
-    env = {"MODEL_SERVER_MODEL_DIR": str(model_dir), "MODEL_SERVER_LOG_LEVEL": "warning", "PROMETHEUS_MULTIPROC_DIR": ""}
+    env = {
+        "MODEL_SERVER_MODEL_DIR": str(model_dir),
+        "MODEL_SERVER_LOG_LEVEL": "warning",
+        "PROMETHEUS_MULTIPROC_DIR": "",
+    }
     env.update(overrides)
     return Settings.from_env(env)
 

@@ -6,7 +6,6 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
-
 from model_server import artifact, train
 from model_server.errors import ArtifactError
 
@@ -76,7 +75,7 @@ def test_missing_directory_is_refused(tmp_path: Path):
 
 def test_missing_metadata_is_refused(copy: Path):
     (copy / "metadata.json").unlink()
-    with pytest.raises(ArtifactError, match="metadata.json is missing"):
+    with pytest.raises(ArtifactError, match=r"metadata\.json is missing"):
         artifact.load(copy)
 
 
@@ -97,7 +96,7 @@ def test_truncated_model_with_matching_checksum_is_refused(copy: Path):
 
 def test_other_sklearn_version_is_refused(copy: Path):
     rewrite_metadata(copy, sklearn_version="0.24.2")
-    with pytest.raises(ArtifactError, match="trained with scikit-learn 0.24.2"):
+    with pytest.raises(ArtifactError, match=r"trained with scikit-learn 0\.24\.2"):
         artifact.load(copy)
 
 
@@ -171,3 +170,20 @@ def test_trusted_pickle_loads_only_when_switched_on(tmp_path: Path):
         artifact.load(target)
     loaded = artifact.load(target, trust_pickle=True)
     np.testing.assert_allclose(loaded.model.coef_, joblib.load(target / "model.joblib").coef_)
+
+
+def test_linear_fast_path_is_used_and_equals_predict_bit_for_bit(artifact_dir: Path):
+    from model_server.model import fast_predictor
+
+    loaded = artifact.load(artifact_dir)
+    fast = fast_predictor(loaded.model, 10)
+    assert fast is not None
+    rows = np.random.default_rng(7).normal(size=(1000, 10))
+    assert np.array_equal(fast(rows), loaded.model.predict(rows))
+
+
+def test_non_linear_models_keep_model_predict():
+    from model_server.model import fast_predictor
+
+    model, _ = train.train("random-forest")
+    assert fast_predictor(model, 10) is None

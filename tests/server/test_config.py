@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-
 from model_server.config import FIELDS, ConfigError, Settings
 
 
@@ -9,7 +8,7 @@ def test_defaults_are_documented_and_valid():
     settings = Settings.from_env({})
     assert settings.port == 8080
     assert settings.host == "127.0.0.1"
-    assert settings.threads == 1
+    assert settings.worker_class == "gevent"
     assert settings.model_dir == Path("/models/default")
     assert settings.access_log is True
     assert settings.trust_pickle is False

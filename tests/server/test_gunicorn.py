@@ -34,7 +34,12 @@ def test_predictions_over_http_equal_in_process_predict(server, served):
 def test_metrics_aggregate_every_worker(server):
     # Sync workers close each connection, so 40 requests land on both workers.
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda _: requests.post(f"{server.url}/predict", json={"instances": [[0.1] * 10] * 2}, timeout=5), range(40)))
+        list(
+            pool.map(
+                lambda _: requests.post(f"{server.url}/predict", json={"instances": [[0.1] * 10] * 2}, timeout=5),
+                range(40),
+            )
+        )
     text = requests.get(f"{server.url}/metrics", timeout=5).text
     assert 'model_server_requests_total{method="POST",route="/predict",status="200"} 40.0' in text
     assert 'model_server_predicted_rows_total{protocol="v1"} 80.0' in text
@@ -58,7 +63,9 @@ def test_logs_are_json_with_the_request_id(server):
 
 def test_body_over_the_limit_is_413(start_server, artifact_dir):
     server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_MAX_BODY_BYTES": "2048"})
-    response = requests.post(f"{server.url}/predict", data=b"[" * 5000, headers={"Content-Type": "application/json"}, timeout=5)
+    response = requests.post(
+        f"{server.url}/predict", data=b"[" * 5000, headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert response.status_code == 413
     assert "error" in response.json()
 
@@ -99,7 +106,11 @@ def _read_all(sock: socket.socket) -> bytes:
 @pytest.mark.slow
 def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(start_server, artifact_dir):
     server = start_server(
-        {"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_WORKERS": "2", "MODEL_SERVER_GRACEFUL_TIMEOUT": "10"}
+        {
+            "MODEL_SERVER_MODEL_DIR": str(artifact_dir),
+            "MODEL_SERVER_WORKERS": "2",
+            "MODEL_SERVER_GRACEFUL_TIMEOUT": "10",
+        }
     )
     body = json.dumps({"instances": ROWS.tolist()}).encode()
     # Two requests are in flight (half their body sent) when SIGTERM arrives.

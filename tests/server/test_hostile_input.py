@@ -31,7 +31,13 @@ plausible_v2 = st.fixed_dictionaries(
     },
 )
 plausible_v1 = st.fixed_dictionaries(
-    {"instances": st.lists(st.lists(numbers, min_size=9, max_size=11) | st.dictionaries(st.sampled_from(["age", "sex", "bmi", "zz"]), numbers), max_size=5)}
+    {
+        "instances": st.lists(
+            st.lists(numbers, min_size=9, max_size=11)
+            | st.dictionaries(st.sampled_from(["age", "sex", "bmi", "zz"]), numbers),
+            max_size=5,
+        )
+    }
 )
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -53,7 +59,14 @@ def test_random_json_never_yields_5xx(client, endpoint, body):
 
 
 @FAST
-@given(endpoint=st.sampled_from(ENDPOINTS), data=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"]), split=st.none() | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=4))
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    data=st.binary(max_size=300),
+    content_type=st.sampled_from(
+        ["application/json", "", "application/octet-stream", "text/plain", "application/x-www-form-urlencoded"]
+    ),
+    split=st.none() | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=4),
+)
 def test_random_bytes_and_headers_never_yield_5xx(client, endpoint, data, content_type, split):
     headers = {"Content-Type": content_type} if content_type else {}
     if split is not None:

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from model_server import v1, v2
 from model_server.errors import ClientError
 
@@ -88,12 +87,18 @@ class TestV2:
 
     def test_binary_tensor_extension(self):
         raw = np.array([[1, 2, 3]], dtype="<f4").tobytes()
-        body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}]}
+        body = {
+            "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}]
+        }
         parsed = v2.parse_request(body, raw, FEATURES, 10)
         np.testing.assert_array_equal(parsed.matrix, [[1, 2, 3]])
 
     def test_parameters_are_accepted_and_outputs_honoured(self):
-        body = v2_body([[1, 2, 3]], parameters={"content_type": "np"}, outputs=[{"name": "predict", "parameters": {"binary_data": True}}])
+        body = v2_body(
+            [[1, 2, 3]],
+            parameters={"content_type": "np"},
+            outputs=[{"name": "predict", "parameters": {"binary_data": True}}],
+        )
         parsed = v2.parse_request(body, b"", FEATURES, 10)
         payload, binary = v2.encode_response(np.array([1.5]), parsed, "m", "1")
         assert payload["outputs"][0]["parameters"] == {"binary_data_size": 8}
@@ -129,10 +134,29 @@ class TestV2:
             (v2_body([[1, 2, 3]], shape=[11, 3]), b"", 413, "the limit is 10"),
             (v2_body([[1, 2, 3]], outputs=[{"name": "proba"}]), b"", 400, "unknown output 'proba'"),
             (v2_body([[1, 2, 3]], outputs="predict"), b"", 400, '"outputs" must be a list'),
-            ({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}] * 2}, b"", 400, "appears twice"),
-            ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1]}, {"name": "z", "shape": [1], "datatype": "FP64", "data": [1]}]}, b"", 422, "unknown z"),
             (
-                {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "parameters": {"binary_data_size": 24}}]},
+                {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}] * 2},
+                b"",
+                400,
+                "appears twice",
+            ),
+            (
+                {
+                    "inputs": [
+                        {"name": "a", "shape": [1], "datatype": "FP64", "data": [1]},
+                        {"name": "z", "shape": [1], "datatype": "FP64", "data": [1]},
+                    ]
+                },
+                b"",
+                422,
+                "unknown z",
+            ),
+            (
+                {
+                    "inputs": [
+                        {"name": "x", "shape": [1, 3], "datatype": "FP64", "parameters": {"binary_data_size": 24}}
+                    ]
+                },
                 b"\0" * 8,
                 400,
                 "does not fit",

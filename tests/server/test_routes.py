@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-
 from model_server.app import create_app
 
 from .conftest import ROWS, make_settings
@@ -20,7 +19,10 @@ def post(client, url, body, headers=JSON):
 
 def v2_request(rows, **extra):
     rows = np.asarray(rows)
-    return {"inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}], **extra}
+    return {
+        "inputs": [{"name": "input-0", "shape": list(rows.shape), "datatype": "FP64", "data": rows.ravel().tolist()}],
+        **extra,
+    }
 
 
 def test_server_metadata_and_health(client):
@@ -41,7 +43,9 @@ def test_model_metadata_describes_tensors(client, url):
     assert meta["parameters"]["feature_names"][0] == "age"
 
 
-@pytest.mark.parametrize("url", ["/v2/models/diabetes/ready", "/v2/models/diabetes/versions/1/ready", "/v1/models/diabetes"])
+@pytest.mark.parametrize(
+    "url", ["/v2/models/diabetes/ready", "/v2/models/diabetes/versions/1/ready", "/v1/models/diabetes"]
+)
 def test_model_ready(client, url):
     assert client.get(url).get_json() == {"name": "diabetes", "ready": True}
 
@@ -77,7 +81,9 @@ def test_v2_binary_request_and_response(client, served):
     raw = ROWS.astype("<f4").tobytes()
     header = orjson.dumps(
         {
-            "inputs": [{"name": "input-0", "shape": [3, 10], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+            "inputs": [
+                {"name": "input-0", "shape": [3, 10], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+            ],
             "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
         }
     )
@@ -118,8 +124,22 @@ def test_request_id_is_echoed_or_generated(client):
         ("get", "/nowhere", None, None, 404, "Not Found"),
         ("get", "/predict", None, None, 405, "Method Not Allowed"),
         ("delete", "/v2/models/diabetes/infer", None, None, 405, "Method Not Allowed"),
-        ("post", "/v2/models/diabetes/infer", b'{"inputs": []}', {"Content-Type": "application/octet-stream"}, 415, "octet-stream"),
-        ("post", "/v2/models/diabetes/infer", b"{}", {**JSON, "Inference-Header-Content-Length": "99"}, 400, "byte count"),
+        (
+            "post",
+            "/v2/models/diabetes/infer",
+            b'{"inputs": []}',
+            {"Content-Type": "application/octet-stream"},
+            415,
+            "octet-stream",
+        ),
+        (
+            "post",
+            "/v2/models/diabetes/infer",
+            b"{}",
+            {**JSON, "Inference-Header-Content-Length": "99"},
+            400,
+            "byte count",
+        ),
     ],
 )
 def test_errors_are_json_with_the_right_status(client, method, url, body, headers, status, fragment):
@@ -162,7 +182,7 @@ def test_unexpected_errors_become_a_bare_500(client, monkeypatch):
     def explode(*_args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(holder.artifact.model, "predict", explode)
+    monkeypatch.setattr(holder, "_predict", explode)
     response = post(client, "/predict", {"instances": [[0.1] * 10]})
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal server error"}
@@ -174,5 +194,3 @@ def test_metrics_count_requests_and_rows(client):
     assert 'model_server_requests_total{method="POST",route="/predict",status="200"}' in text
     assert 'model_server_predicted_rows_total{protocol="v1"}' in text
     assert 'model_server_model_info{name="diabetes",version="1"} 1.0' in text
-
-

@@ -1,0 +1,1 @@
+"""Load benchmark: this server against the naive Flask baseline, KServe and MLServer (scripts/bench)."""

@@ -1,0 +1,101 @@
+"""Repository-wide checks CI also runs: linters, workflow references, secrets, entry points."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.kube import ROOT, tool
+
+VENV_BIN = Path(sys.executable).parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+ENTRY_POINTS = [
+    "serve",
+    "test",
+    "bench",
+    "build-image",
+    "render",
+    "validate",
+    "promote",
+    "set-image",
+    "diff",
+    "train",
+    "tools.sh",
+]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def test_ruff_lint_and_format():
+    for args in (("check", "."), ("format", "--check", ".")):
+        result = run(str(VENV_BIN / "ruff"), *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_passes_on_the_dockerfile():
+    result = run(str(VENV_BIN / "hadolint"), "image/Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yamllint_strict():
+    result = run(str(VENV_BIN / "yamllint"), "--strict", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_passes_on_every_workflow():
+    assert {w.name for w in WORKFLOWS} >= {"ci.yml", "image.yml", "promote.yml", "chart.yml"}
+    result = run(tool("actionlint"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_script_a_workflow_calls_exists_and_is_executable():
+    called = set()
+    for workflow in WORKFLOWS:
+        called |= set(re.findall(r"(?<![\w./-])(scripts/[\w.-]+)", workflow.read_text()))
+    assert called, "workflows call no project scripts?"
+    for script in sorted(called):
+        path = ROOT / script
+        assert path.is_file(), f"{script} is called by a workflow but does not exist"
+        assert path.stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_workflows_set_minimal_permissions_and_concurrency():
+    for workflow in WORKFLOWS:
+        data = yaml.safe_load(workflow.read_text())
+        assert data.get("permissions") == {"contents": "read"}, (
+            f"{workflow.name}: top-level permissions must be read-only"
+        )
+        assert "concurrency" in data, f"{workflow.name}: no concurrency group"
+        for name, job in data["jobs"].items():
+            assert "timeout-minutes" in job, f"{workflow.name}:{name} has no timeout"
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_entry_points_are_executable_and_answer_help(name):
+    path = ROOT / "scripts" / name
+    assert path.stat().st_mode & 0o111
+    result = run(str(path), "--help")
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).strip()
+
+
+def test_no_secrets_in_the_repository():
+    files = run("git", "ls-files").stdout.split()
+    result = run(
+        str(VENV_BIN / "detect-secrets"),
+        "scan",
+        *[f for f in files if not f.endswith((".txt", ".json")) or "requirements" not in f],
+    )
+    findings = yaml.safe_load(result.stdout)["results"]
+    assert findings == {}, findings
+
+
+def test_ci_run_calls_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/test" in readme.split("\n## ")[0], "README must lead with scripts/test"
+    assert re.search(r"^scripts/test\s*$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
