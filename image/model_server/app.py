@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import re
-import time
-import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import logs, metrics, routes
+from . import logs, routes
 from .config import Settings
 from .errors import ClientError
+from .middleware import ROUTE_ENVIRON_KEY, Observability
 from .model import ModelHolder
 from .routes import json_response
 
 log = logging.getLogger("model_server.app")
-_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings: Settings | None = None, holder: ModelHolder | None = None) -> Flask:
@@ -39,32 +35,12 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     app.extensions["model_server"] = holder
 
     @app.before_request
-    def start() -> None:
-        g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.environ[logs.REQUEST_ID_ENVIRON_KEY] = g.request_id
-
-    # Label children cached per (route, method, status): labels() costs a locked lookup per call.
-    # Routes come from the URL map and methods from a fixed set, so a client cannot grow the series.
-    series: dict[tuple[str, str, int], tuple] = {}
-
-    @app.after_request
-    def finish(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        method = request.method if request.method in _METHODS else "other"
-        key = (route, method, response.status_code)
-        children = series.get(key)
-        if children is None:
-            children = series[key] = (
-                metrics.REQUESTS.labels(route=route, method=method, status=str(response.status_code)),
-                metrics.LATENCY.labels(route=route),
-            )
-        children[0].inc()
-        if "started" in g:
-            children[1].observe(time.perf_counter() - g.started)
-        return response
+    def remember_route() -> None:
+        # The metrics label is the URL rule (bounded), not the raw path; Flask clears its request
+        # from the environ before the middleware could read the rule itself.
+        current = request._get_current_object()  # type: ignore[attr-defined]
+        if current.url_rule is not None:
+            current.environ[ROUTE_ENVIRON_KEY] = current.url_rule.rule
 
     @app.errorhandler(ClientError)
     def client_error(exc: ClientError) -> Response:
@@ -83,4 +59,5 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         return json_response({"error": "internal server error"}, 500)
 
     routes.register(app, holder, settings)
+    app.wsgi_app = Observability(app.wsgi_app)  # type: ignore[method-assign]
     return app

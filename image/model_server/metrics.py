@@ -6,6 +6,8 @@ so every worker writes its samples there and ``/metrics`` aggregates them on eac
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,6 +37,12 @@ MODEL_INFO = Gauge(
 MODEL_LOAD_FAILURES = Counter(
     "model_server_model_load_failures_total", "Attempts to load a model artifact that failed."
 )
+
+
+@functools.cache
+def rows_predicted(protocol: str) -> Counter:
+    """The rows counter for one protocol (v1 or v2), looked up once."""
+    return ROWS_PREDICTED.labels(protocol=protocol)
 
 
 def exposition(multiprocess_dir: str) -> tuple[bytes, str]:

@@ -125,5 +125,5 @@ class ModelHolder:
         """Predictions for a validated matrix (float64, finite, the model's width)."""
         assert self._predict is not None
         predictions = np.asarray(self._predict(matrix))
-        metrics.ROWS_PREDICTED.labels(protocol=protocol).inc(len(matrix))
+        metrics.rows_predicted(protocol).inc(len(matrix))
         return predictions

@@ -194,3 +194,15 @@ def test_metrics_count_requests_and_rows(client):
     assert 'model_server_requests_total{method="POST",route="/predict",status="200"}' in text
     assert 'model_server_predicted_rows_total{protocol="v1"}' in text
     assert 'model_server_model_info{name="diabetes",version="1"} 1.0' in text
+
+
+def test_metric_labels_stay_bounded_whatever_the_client_sends(client):
+    client.open("/v2/models/x" * 5, method="BREW")
+    client.get("/no/such/path/12345")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        'method="other",route="unmatched",status="405"' in text
+        or 'method="other",route="unmatched",status="404"' in text
+    )
+    assert "12345" not in text
+    assert "BREW" not in text

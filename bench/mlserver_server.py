@@ -1,0 +1,56 @@
+"""Seldon MLServer with its scikit-learn runtime serving the same LinearRegression, for scripts/bench.
+
+Run with the peer virtualenv: .venv-bench/mlserver/bin/python -m bench.mlserver_server --port P --workers N
+The model is trained here (same data, split and estimator as the artifact) and saved with joblib,
+the format mlserver-sklearn loads. MLServer speaks V2 only; it has no KServe V1 endpoint.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import joblib
+from model_server.train import train
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, help="folder for the model and settings (default: a new temp dir)")
+    args, _ = parser.parse_known_args()
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="mlserver-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    model, _ = train()
+    joblib.dump(model, folder / "model.joblib")
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": args.port,
+        "grpc_port": free_port(),
+        "metrics_port": free_port(),
+        "parallel_workers": args.workers,
+        "debug": False,
+    }
+    model_settings = {
+        "name": "diabetes",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": str(folder / "model.joblib")},
+    }
+    (folder / "settings.json").write_text(json.dumps(settings))
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    mlserver = Path(sys.executable).parent / "mlserver"
+    os.execv(str(mlserver), [str(mlserver), "start", str(folder)])  # noqa: S606 - fixed argv, no shell
+
+
+if __name__ == "__main__":
+    main()
