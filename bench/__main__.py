@@ -109,7 +109,10 @@ class Server:
             pid = frontier.pop()
             found.append(pid)
             try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                # Every thread's children: a process may fork from any of its threads.
+                children = [
+                    c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+                ]
             except OSError:
                 children = []
             frontier.extend(int(c) for c in children)
@@ -158,7 +161,7 @@ def run_wrk(server: Server, protocol: str, rows: int, args: argparse.Namespace, 
     if not script.exists():
         payload = body(protocol, rows).decode()
         script.write_text(
-            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{payload}]]\n'
+            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{payload}]==]\n'
         )
     before = server.cpu_ticks()
     wrk = subprocess.run(

@@ -72,3 +72,12 @@ def pre_fork(server, worker):
     import gc
 
     gc.freeze()
+
+
+def worker_exit(server, worker):
+    # A gevent worker's interpreter teardown trips over logging's weakref callbacks after gevent's
+    # patched threading module is gone, printing a non-JSON traceback per worker exit. Nothing is
+    # lost at that point: silence only those final "exception ignored" reports.
+    import sys
+
+    sys.unraisablehook = lambda unraisable: None

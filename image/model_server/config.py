@@ -138,3 +138,13 @@ def _convert(name: str, spec: Field, raw: str) -> object:
             raise ConfigError(f"{spec.env} is empty")
         return Path(raw)
     return raw
+
+
+def markdown_table() -> str:
+    """The configuration reference README.md shows (scripts/docs writes it; a test keeps it current)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for spec in FIELDS.values():
+        default = f"`{spec.default}`" if spec.default else "(empty)"
+        bounds = f" Range {spec.minimum}..{spec.maximum}." if spec.minimum is not None else ""
+        rows.append(f"| `{spec.env}` | {default} | {spec.doc}{bounds} |")
+    return "\n".join(rows)

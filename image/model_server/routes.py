@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from flask import Flask, Response, request
 
-from . import __version__, metrics, openapi, v1, v2
+from . import __version__, jsonbody, metrics, openapi, v1, v2
 from .config import Settings
 from .errors import ClientError
 from .model import ModelHolder
@@ -31,10 +31,7 @@ def read_json(allow_binary: bool = False) -> tuple[object, bytes]:
         if not header.isdigit() or int(header) > len(raw):
             raise ClientError(400, f"{v2.BINARY_HEADER} {header!r} must be a byte count within the body")
         raw, binary = raw[: int(header)], raw[int(header) :]
-    try:
-        return orjson.loads(raw), binary
-    except orjson.JSONDecodeError as exc:
-        raise ClientError(400, f"malformed JSON: {exc}") from None
+    return jsonbody.loads(raw), binary
 
 
 def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -28,7 +28,8 @@ ensure_venv() {
   say "installing pinned Python dependencies (${*})"
   local args=() 
   for lock in "${locks[@]}"; do args+=(-r "$lock"); done
-  "$PY" -m pip install --quiet --disable-pip-version-check --require-hashes "${args[@]}" || die "pip install failed"
+  # The locks are complete, hash-pinned closures: --no-deps installs exactly them.
+  "$PY" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps "${args[@]}" || die "pip install failed"
   touch "$stamp"
 }
 

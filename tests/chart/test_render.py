@@ -241,3 +241,13 @@ def test_helm_test_pod_checks_the_service_and_runs_as_argocd_post_sync(defaults)
     assert smoke["command"] == ["python3", "-m", "model_server.smoke"]
     assert smoke["args"] == ["--url=http://rel-model-server:80", "--expect-from=/models/default"]
     assert not by_kind(template(sets=("tests.enabled=false",)), "Pod")
+
+
+def test_configmap_sets_every_server_setting(defaults):
+    # The chart and model_server/config.py must not drift: each setting is reachable from values.
+    from model_server.config import FIELDS
+
+    data = one(defaults, "ConfigMap")["data"]
+    expected = {field.env for name, field in FIELDS.items() if name != "metrics_dir"}
+    assert expected <= set(data), sorted(expected - set(data))
+    assert data["MODEL_SERVER_WORKER_CLASS"] == "gevent"

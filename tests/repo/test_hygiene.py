@@ -99,3 +99,20 @@ def test_ci_run_calls_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "scripts/test" in readme.split("\n## ")[0], "README must lead with scripts/test"
     assert re.search(r"^scripts/test\s*$", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+
+
+def test_readme_configuration_table_matches_the_settings():
+    sys.path.insert(0, str(ROOT / "image"))
+    from model_server.config import FIELDS, markdown_table
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- config:start -->\n", 1)[1].split("<!-- config:end -->", 1)[0]
+    assert section.strip() == markdown_table(), "README.md configuration table is stale: run scripts/docs"
+    assert all(f"`{field.env}`" in section for field in FIELDS.values())
+
+
+def test_dockerignore_and_gitignore_keep_local_state_out():
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for entry in (".venv/", ".tools/", "artifacts/", ".venv-bench/"):
+        assert entry in ignored
+    assert "**/__pycache__" in (ROOT / "image" / ".dockerignore").read_text()

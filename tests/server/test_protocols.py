@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from model_server import v1, v2
+from model_server import jsonbody, v1, v2
 from model_server.errors import ClientError
 
 FEATURES = ["a", "b", "c"]
@@ -166,3 +166,43 @@ class TestV2:
     )
     def test_bad_requests_are_refused_with_a_named_reason(self, body, binary, status, fragment):
         refused(lambda: v2.parse_request(body, binary, FEATURES, 10), status, fragment)
+
+
+class TestStrictJson:
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"instances": [[1, 2, 3]], "instances": [[4, 5, 6]]}',
+            b'{"inputs": [{"name": "a", "name": "b", "shape": [1], "datatype": "FP64", "data": [1]}]}',
+            b'{"a": {"x": 1, "x": 2}}',
+            b'[{"k": 1, "k": 1}]',
+        ],
+    )
+    def test_duplicated_keys_are_refused(self, raw):
+        refused(lambda: jsonbody.loads(raw), 400, "repeats a key")
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"id": "a\\":b", "instances": [[1, 2, 3]]}',
+            b'{"id": "{\\"x\\": 1, \\"x\\": 2}", "k": ":"}',
+            b'{"a": [], "b": {}, "c": [[{"d": 1}]], "e": "\\\\"}',
+            b"[1, 2, 3]",
+        ],
+    )
+    def test_strings_that_look_like_keys_are_not_mistaken_for_duplicates(self, raw):
+        jsonbody.loads(raw)
+
+    @pytest.mark.parametrize(
+        ("raw", "fragment"),
+        [
+            (b"{nope", "malformed JSON"),
+            (b'{"a": NaN}', "malformed JSON"),
+            (b'{"a": Infinity}', "malformed JSON"),
+            (b'{"a": "\\xff"}'.replace(b"\\xff", b"\xff"), "malformed JSON"),
+            (b"[" * 2000 + b"]" * 2000, "malformed JSON"),
+            (b" " * 1000, "malformed JSON"),
+        ],
+    )
+    def test_invalid_json_is_refused(self, raw, fragment):
+        refused(lambda: jsonbody.loads(raw), 400, fragment)
