@@ -8,197 +8,16 @@ server and shape, then round 2, ...), and medians are printed with the range of 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "image"
+from bench.harness import IMAGE, ROOT, Sample, Server, free_port, run_wrk
+
 BENCH_VENV = ROOT / ".venv-bench"
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
 SHAPES = {"v1-1": ("v1", 1), "v1-100": ("v1", 100), "v2-1": ("v2", 1), "v2-100": ("v2", 100)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def body(protocol: str, rows: int) -> bytes:
-    matrix = [[v + i * 1e-4 for v in ROW] for i in range(rows)]
-    if protocol == "v1":
-        return json.dumps({"instances": matrix}).encode()
-    flat = [v for row in matrix for v in row]
-    return json.dumps({"inputs": [{"name": "input-0", "shape": [rows, 10], "datatype": "FP64", "data": flat}]}).encode()
-
-
-@dataclass
-class Server:
-    name: str
-    command: list[str]
-    env: dict[str, str]
-    cwd: Path
-    port: int
-    protocols: tuple[str, ...] = ("v1", "v2")
-    process: subprocess.Popen | None = None
-    cold_start: float = float("nan")
-    log: Path | None = None
-
-    def url(self, protocol: str) -> str:
-        base = f"http://127.0.0.1:{self.port}"
-        return f"{base}/v1/models/diabetes:predict" if protocol == "v1" else f"{base}/v2/models/diabetes/infer"
-
-    def start(self, logs: Path) -> None:
-        self.log = logs / f"{self.name}.log"
-        started = time.perf_counter()
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env={**os.environ, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        protocol = self.protocols[0]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            try:
-                request = urllib.request.Request(  # noqa: S310 - http on loopback only
-                    self.url(protocol), data=body(protocol, 1), headers={"Content-Type": "application/json"}
-                )
-                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - http on loopback only
-                    if response.status == 200:
-                        self.cold_start = time.perf_counter() - started
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not answer within 120 s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def pids(self) -> list[int]:
-        """The server process and all its descendants."""
-        assert self.process is not None
-        found, frontier = [], [self.process.pid]
-        while frontier:
-            pid = frontier.pop()
-            found.append(pid)
-            try:
-                # Every thread's children: a process may fork from any of its threads.
-                children = [
-                    c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
-                ]
-            except OSError:
-                children = []
-            frontier.extend(int(c) for c in children)
-        return found
-
-    def cpu_ticks(self) -> dict[int, int]:
-        ticks = {}
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks[pid] = int(fields[11]) + int(fields[12])
-        return ticks
-
-    def rss_mib(self) -> list[float]:
-        sizes = []
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            match = re.search(r"VmRSS:\s+(\d+) kB", status)
-            if match:
-                sizes.append(int(match.group(1)) / 1024)
-        return sizes
-
-
-@dataclass
-class Sample:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    cpu_us: float
-    worker_share: list[float] = field(default_factory=list)
-
-
-def parse_latency(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def run_wrk(server: Server, protocol: str, rows: int, args: argparse.Namespace, scratch: Path) -> Sample:
-    script = scratch / f"{protocol}-{rows}.lua"
-    if not script.exists():
-        payload = body(protocol, rows).decode()
-        script.write_text(
-            f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [==[{payload}]==]\n'
-        )
-    before = server.cpu_ticks()
-    wrk = subprocess.run(
-        [
-            "wrk",
-            f"-t{args.threads}",
-            f"-c{args.connections}",
-            f"-d{args.duration}s",
-            "--latency",
-            "-s",
-            str(script),
-            server.url(protocol),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=args.duration + 60,
-    )
-    after = server.cpu_ticks()
-    out = wrk.stdout
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if socket_errors:
-        errors += sum(int(n) for n in socket_errors.groups())
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
-    deltas = {pid: after[pid] - before.get(pid, 0) for pid in after}
-    busy = sorted((d for d in deltas.values() if d > 0), reverse=True)
-    cpu_seconds = sum(deltas.values()) / CLOCK_TICK
-    return Sample(
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        p50_ms=parse_latency(percentiles["50"]),
-        p99_ms=parse_latency(percentiles["99"]),
-        errors=errors,
-        cpu_us=cpu_seconds / max(total, 1) * 1e6,
-        worker_share=[round(d / sum(busy), 2) for d in busy[: args.workers]] if busy else [],
-    )
 
 
 def servers(args: argparse.Namespace, model_dir: Path, scratch: Path) -> list[Server]:
@@ -355,7 +174,16 @@ def main(argv: list[str] | None = None) -> int:
                     for server in chosen:
                         if protocol not in server.protocols:
                             continue
-                        sample = run_wrk(server, protocol, rows, args, scratch)
+                        sample = run_wrk(
+                            server,
+                            protocol,
+                            rows,
+                            scratch,
+                            seconds=args.duration,
+                            connections=args.connections,
+                            threads=args.threads,
+                            workers=args.workers,
+                        )
                         results.setdefault((shape, server.name), []).append(sample)
                         print(
                             f"bench: round {round_number} {shape:7} {server.name:8} {sample.rps:8.0f} req/s "

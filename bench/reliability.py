@@ -1,0 +1,478 @@
+"""Reliability scenarios: load, overload, faults and slow clients against the production config.
+
+Each scenario starts its own server on 127.0.0.1 (image/gunicorn.conf.py, 2 workers), drives it with
+bounded loops (wrk runs of fixed length, client loops with deadlines) and returns a Result with the
+figures and a pass/fail verdict. `scripts/reliability` runs them all and writes docs/reliability.md;
+tests/reliability runs shortened versions and asserts the same verdicts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from bench.harness import IMAGE, Server, free_port, run_wrk
+
+sys.path.insert(0, str(IMAGE))
+from model_server import artifact, train
+
+RSS_GROWTH_BOUND = 0.10
+
+
+@dataclass
+class Result:
+    name: str
+    passed: bool
+    figures: dict[str, object] = field(default_factory=dict)
+    note: str = ""
+
+
+class Lab:
+    """A scratch directory, a trained artifact, and servers that are always stopped."""
+
+    def __init__(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="reliability-"))
+        model, metadata = train.train()
+        self.model_dir = self.scratch / "model"
+        artifact.save(model, metadata, self.model_dir)
+        self.servers: list[Server] = []
+
+    def server(self, **env: str) -> Server:
+        port = free_port()
+        server = Server(
+            "ours",
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "MODEL_SERVER_MODEL_DIR": str(self.model_dir),
+                "MODEL_SERVER_WORKERS": "2",
+                "PROMETHEUS_MULTIPROC_DIR": str(self.scratch / f"metrics-{port}"),
+                **env,
+            },
+            IMAGE,
+            port,
+        )
+        self.servers.append(server)
+        server.start(self.scratch)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def worker_pids(server: Server) -> list[int]:
+    return [pid for pid in server.pids() if pid != server.process.pid]
+
+
+def rss_mib(pids: list[int]) -> list[float]:
+    sizes = []
+    for pid in pids:
+        match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+        sizes.append(int(match.group(1)) / 1024 if match else 0.0)
+    return sizes
+
+
+def capacity(lab: Lab, server: Server, seconds: int = 5) -> float:
+    return run_wrk(server, "v1", 1, lab.scratch, seconds=seconds).rps
+
+
+def sustained(lab: Lab, seconds: int = 60) -> Result:
+    """80 % of measured capacity, paced by wrk's per-connection delay; zero errors, bounded RSS."""
+    server = lab.server()
+    full = capacity(lab, server)
+    run_wrk(server, "v1", 1, lab.scratch, seconds=3)  # warm every worker before the RSS baseline
+    before = rss_mib(worker_pids(server))
+    connections = 16
+    # Each connection waits delay_ms between requests; the service time is ~connections/full seconds.
+    target = 0.8 * full
+    delay_ms = max(0.1, (connections / target - connections / full) * 1000)
+    sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=connections, delay_ms=delay_ms)
+    after = rss_mib(worker_pids(server))
+    growth = max((a - b) / b for a, b in zip(after, before, strict=True)) if before else 0.0
+    return Result(
+        "sustained load, ~80 % of capacity",
+        sample.errors == 0 and growth <= RSS_GROWTH_BOUND,
+        {
+            "capacity req/s": round(full),
+            "offered (target) req/s": round(target),
+            "served req/s": round(sample.rps),
+            "seconds": seconds,
+            "requests": sample.total,
+            "errors": sample.errors,
+            "p50 ms": round(sample.p50_ms, 2),
+            "p99 ms": round(sample.p99_ms, 2),
+            "RSS per worker before MiB": [round(x) for x in before],
+            "RSS per worker after MiB": [round(x) for x in after],
+            "RSS growth": f"{growth:.1%} (bound {RSS_GROWTH_BOUND:.0%})",
+        },
+    )
+
+
+def overload(lab: Lab, seconds: int = 20) -> Result:
+    """Three times the connections capacity needs, then recovery to full speed."""
+    server = lab.server()
+    baseline = capacity(lab, server)
+    # 16 keep-alive connections saturate 2 workers; 3x that, each sending as fast as answered,
+    # offers three times the load the server can serve.
+    sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=48, threads=2)
+    live = requests.get(f"{server.url}/v2/health/live", timeout=5).status_code
+    after = capacity(lab, server)
+    recovered = after >= 0.9 * baseline
+    return Result(
+        "overload, 3x the saturating concurrency",
+        sample.errors == 0 and live == 200 and recovered,
+        {
+            "capacity req/s": round(baseline),
+            "served under overload req/s": round(sample.rps),
+            "requests": sample.total,
+            "non-2xx or socket errors": sample.errors,
+            "p50 ms": round(sample.p50_ms, 2),
+            "p99 ms": round(sample.p99_ms, 2),
+            "capacity after req/s": round(after),
+        },
+        "The server queues rather than sheds: each gevent worker takes up to MODEL_SERVER_WORKER_CONNECTIONS "
+        "connections, the kernel backlog holds the rest, latency grows and every answer is a 200.",
+    )
+
+
+def _stream(url: str, deadline: float, outcomes: list[str]) -> None:
+    session = requests.Session()
+    while time.monotonic() < deadline:
+        try:
+            response = session.post(f"{url}/predict", json={"instances": [[0.01] * 10]}, timeout=10)
+        except requests.ConnectionError as exc:
+            refused = isinstance(exc.__context__, ConnectionRefusedError) or "refused" in str(exc).lower()
+            outcomes.append("refused" if refused else f"failed: {type(exc).__name__}")
+            if refused:
+                return
+            session = requests.Session()
+            continue
+        outcomes.append("ok" if response.status_code == 200 else f"status {response.status_code}")
+
+
+def _under_stream(url: str, seconds: float, action, clients: int = 8) -> tuple[list[str], object]:
+    outcomes: list[str] = []
+    deadline = time.monotonic() + seconds
+    threads = [threading.Thread(target=_stream, args=(url, deadline, outcomes)) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds / 3)
+    value = action()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return outcomes, value
+
+
+def sigterm_under_load(lab: Lab) -> Result:
+    server = lab.server(MODEL_SERVER_GRACEFUL_TIMEOUT="10")
+
+    def terminate() -> float:
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+        return time.monotonic() - started
+
+    outcomes, elapsed = _under_stream(server.url, 6, terminate)
+    failed = [o for o in outcomes if o not in ("ok", "refused")]
+    return Result(
+        "SIGTERM under load",
+        not failed and server.process.returncode == 0 and elapsed < 10,
+        {
+            "answered 200": outcomes.count("ok"),
+            "failed after being accepted": len(failed),
+            "refused after the listener closed": outcomes.count("refused"),
+            "exit code": server.process.returncode,
+            "exit after SIGTERM s": round(elapsed, 2),
+            "graceful timeout s": 10,
+        },
+    )
+
+
+def sigkill_worker_under_load(lab: Lab) -> Result:
+    server = lab.server()
+    victim = worker_pids(server)[0]
+
+    def kill() -> None:
+        os.kill(victim, signal.SIGKILL)
+
+    outcomes, _ = _under_stream(server.url, 6, kill)
+    failed = [o for o in outcomes if o != "ok"]
+    time.sleep(1)
+    replaced = victim not in worker_pids(server) and len(worker_pids(server)) == 2
+    live = requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code
+    return Result(
+        "a worker killed with SIGKILL under load",
+        replaced and live == 200 and outcomes.count("ok") > 100 and len(failed) <= 8,
+        {
+            "answered 200": outcomes.count("ok"),
+            "failed (in flight on the killed worker)": len(failed),
+            "worker replaced": replaced,
+            "ready afterwards": live == 200,
+        },
+        "Only requests on the killed worker's connections fail (at most one per client connection held by it).",
+    )
+
+
+FAULTS = ("missing", "truncated", "wrong sha256", "wrong scikit-learn version", "not a model")
+
+
+def _break(directory: Path, fault: str) -> None:
+    metadata_path = directory / artifact.METADATA_FILE
+    metadata = json.loads(metadata_path.read_text())
+    model_file = directory / metadata["model_file"]
+    if fault == "missing":
+        shutil.rmtree(directory)
+    elif fault == "truncated":
+        model_file.write_bytes(model_file.read_bytes()[:200])
+        metadata["model_sha256"] = artifact.sha256_file(model_file)
+    elif fault == "wrong sha256":
+        with model_file.open("ab") as handle:
+            handle.write(b"\0")
+    elif fault == "wrong scikit-learn version":
+        metadata["sklearn_version"] = "0.24.2"
+    elif fault == "not a model":
+        import skops.io
+
+        skops.io.dump({"weights": [1, 2, 3]}, model_file)
+        metadata["model_sha256"] = artifact.sha256_file(model_file)
+    if metadata_path.exists():
+        metadata_path.write_text(json.dumps(metadata))
+
+
+def artifact_fault(lab: Lab, fault: str) -> Result:
+    directory = lab.scratch / f"fault-{fault.replace(' ', '-')}"
+    shutil.copytree(lab.model_dir, directory)
+    _break(directory, fault)
+    server = lab.server(MODEL_SERVER_MODEL_DIR=str(directory), MODEL_SERVER_RELOAD_INTERVAL="1")
+    live = requests.get(f"{server.url}/v2/health/live", timeout=5).status_code
+    ready = requests.get(f"{server.url}/v2/health/ready", timeout=5)
+    workers = sorted(worker_pids(server))
+    time.sleep(3)
+    stable = sorted(worker_pids(server)) == workers
+    log = server.log.read_text()
+    refusals = [line for line in log.splitlines() if "model artifact refused" in line]
+    # Hot reload: a good artifact appearing in place is picked up within the reload interval.
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(lab.model_dir, directory)
+    deadline, recovered = time.monotonic() + 15, False
+    while time.monotonic() < deadline and not recovered:
+        recovered = requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+        time.sleep(0.2)
+    recovered = recovered and all(
+        requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200 for _ in range(6)
+    )
+    return Result(
+        f"model artifact: {fault}",
+        live == 200
+        and ready.status_code == 503
+        and len(refusals) == 1
+        and stable
+        and "Traceback" not in log
+        and recovered,
+        {
+            "live": live,
+            "ready": ready.status_code,
+            "log lines naming it": len(refusals),
+            "message": json.loads(refusals[0])["message"][:90] if refusals else "",
+            "no worker restarts": stable,
+            "ready after a good artifact appears": recovered,
+        },
+    )
+
+
+def slow_clients(lab: Lab, slow: int = 40, seconds: float = 6) -> Result:
+    """Slow clients trickling headers hold greenlets, not workers: fast clients keep their latency."""
+    server = lab.server()
+    sockets = []
+    for _ in range(slow):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(sock)
+    latencies, statuses = [], []
+    deadline = time.monotonic() + seconds
+    next_trickle = time.monotonic()
+    while time.monotonic() < deadline:
+        if time.monotonic() >= next_trickle:
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow: 1\r\n")
+            next_trickle = time.monotonic() + 1
+        started = time.perf_counter()
+        response = requests.post(f"{server.url}/predict", json={"instances": [[0.01] * 10]}, timeout=5)
+        latencies.append((time.perf_counter() - started) * 1000)
+        statuses.append(response.status_code)
+    for sock in sockets:
+        sock.close()
+    big_header = requests.get(f"{server.url}/v2/health/live", headers={"X-Big": "x" * 10000}, timeout=5).status_code
+    big_body = requests.post(
+        f"{server.url}/predict", data=b" " * (5 << 20), headers={"Content-Type": "application/json"}, timeout=10
+    ).status_code
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else max(latencies)
+    return Result(
+        "slow clients beside fast ones; oversized headers and bodies",
+        all(s == 200 for s in statuses) and p99 < 50 and big_header == 431 and big_body == 413,
+        {
+            "slow connections held open": slow,
+            "fast requests": len(latencies),
+            "fast p50 ms": round(statistics.median(latencies), 2),
+            "fast p99 ms": round(p99, 2),
+            "10 kB header": big_header,
+            "5 MiB body": big_body,
+        },
+        f"Up to MODEL_SERVER_WORKER_CONNECTIONS ({100}) connections per worker can be slow at once.",
+    )
+
+
+SCENARIOS = {
+    "sustained": sustained,
+    "overload": overload,
+    "sigterm": sigterm_under_load,
+    "sigkill": sigkill_worker_under_load,
+    "slow-clients": slow_clients,
+    **{
+        f"artifact-{fault.replace(' ', '-')}": (lambda lab, fault=fault: artifact_fault(lab, fault)) for fault in FAULTS
+    },
+}
+
+
+def hostile_corpus(lab: Lab) -> Result:
+    """Bodies built to break parsers: every one must get a 4xx, none a 5xx or a dead worker."""
+    server = lab.server()
+    json_type = {"Content-Type": "application/json"}
+    corpus: dict[str, tuple[bytes, dict[str, str]]] = {
+        "deep nesting (100 000 levels)": (b"[" * 100_000 + b"]" * 100_000, json_type),
+        "huge integer": (b'{"instances": [[' + b"9" * 5000 + b"]]}", json_type),
+        "huge float": (b'{"instances": [[1e999, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', json_type),
+        "NaN literal": (b'{"instances": [[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', json_type),
+        "Infinity literal": (b'{"instances": [[Infinity, 0, 0, 0, 0, 0, 0, 0, 0, 0]]}', json_type),
+        "strings for numbers": (b'{"instances": [["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]]}', json_type),
+        "10 MB of whitespace": (b" " * 10_000_000, json_type),
+        "invalid UTF-8": (b'{"instances": "\xff\xfe"}', json_type),
+        "text/plain": (b'{"instances": [[0,0,0,0,0,0,0,0,0,0]]}', {"Content-Type": "text/plain"}),
+        "form encoded": (b"instances=1", {"Content-Type": "application/x-www-form-urlencoded"}),
+        "duplicated keys": (b'{"instances": [[0,0,0,0,0,0,0,0,0,0]], "instances": 1}', json_type),
+        "empty body": (b"", json_type),
+        "null": (b"null", json_type),
+        "V2 shape lies": (
+            b'{"inputs": [{"name": "x", "shape": [1000000000, 10], "datatype": "FP64", "data": [1]}]}',
+            json_type,
+        ),
+        "V2 binary size lies": (
+            b'{"inputs": [{"name": "x", "shape": [1, 10], "datatype": "FP64", '
+            b'"parameters": {"binary_data_size": 80}}]}',
+            {**json_type, "Inference-Header-Content-Length": "100"},
+        ),
+    }
+    answers = {}
+    for name, (data, headers) in corpus.items():
+        url = f"{server.url}/v2/models/diabetes/infer" if name.startswith("V2") else f"{server.url}/predict"
+        try:
+            answers[name] = requests.post(url, data=data, headers=headers, timeout=30).status_code
+        except requests.ConnectionError as exc:
+            answers[name] = f"connection error: {type(exc).__name__}"
+    alive = requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
+    bad = {name: code for name, code in answers.items() if not (isinstance(code, int) and 400 <= code < 500)}
+    return Result("hostile bodies", not bad and alive, {**answers, "server still ready": alive})
+
+
+def schemathesis_run(lab: Lab, examples: int = 300) -> Result:
+    """schemathesis against the server's own /openapi.json: no 5xx, responses conform."""
+    import subprocess
+
+    server = lab.server()
+    cli = Path(sys.executable).parent / "schemathesis"
+    # positive_data_acceptance is left out: the schema cannot say that a tensor's shape must match
+    # the model's 10 features, so schema-valid bodies are rightly refused with 422.
+    result = subprocess.run(
+        [str(cli), "run", f"{server.url}/openapi.json", "--checks", "all", "--exclude-checks",
+         "positive_data_acceptance", "--max-examples", str(examples), "--workers", "1", "--no-color"],
+        capture_output=True, text=True, check=False, timeout=1800,
+    )  # fmt: skip
+    summary = [line for line in result.stdout.splitlines() if re.search(r"\d+ (passed|failed|errored)", line)]
+    cases = re.search(r"(\d+) generated", result.stdout)
+    return Result(
+        "schemathesis (every operation of /openapi.json)",
+        result.returncode == 0,
+        {
+            "max examples per operation": examples,
+            "test cases generated": int(cases.group(1)) if cases else "see output",
+            "summary": summary[-1].strip() if summary else result.stdout[-300:],
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="reliability", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="scenario name (repeatable); default: all")
+    parser.add_argument("--write", type=Path, help="write the Markdown report here (e.g. docs/reliability.md)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (15 s sustained, 8 s overload)")
+    args = parser.parse_args(argv)
+    scenarios = {
+        **SCENARIOS,
+        "hostile-corpus": hostile_corpus,
+        "schemathesis": schemathesis_run,
+    }
+    if args.quick:
+        scenarios["sustained"] = lambda lab: sustained(lab, seconds=15)
+        scenarios["overload"] = lambda lab: overload(lab, seconds=8)
+    names = args.only or list(scenarios)
+    unknown = [n for n in names if n not in scenarios]
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(scenarios)}")
+    results = []
+    for name in names:
+        lab = Lab()
+        try:
+            print(f"reliability: {name} ...", file=sys.stderr)
+            results.append(scenarios[name](lab))
+        finally:
+            lab.close()
+        print(f"reliability: {name}: {'PASS' if results[-1].passed else 'FAIL'}", file=sys.stderr)
+    command = (
+        "scripts/reliability" + (" --quick" if args.quick else "") + "".join(f" --only {n}" for n in args.only or [])
+    )
+    report = render(results, command)
+    print(report)
+    if args.write:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        temp = args.write.with_name(f".{args.write.name}.tmp")
+        temp.write_text(report)
+        temp.replace(args.write)
+    return 0 if all(r.passed for r in results) else 1
+
+
+def render(results: list[Result], command: str) -> str:
+    lines = [
+        "| scenario | verdict | figures |",
+        "|---|---|---|",
+    ]
+    for result in results:
+        figures = "; ".join(f"{key}: {value}" for key, value in result.figures.items())
+        lines.append(f"| {result.name} | {'pass' if result.passed else '**FAIL**'} | {figures} |")
+    notes = [f"- {r.name}: {r.note}" for r in results if r.note]
+    return "\n".join(
+        [f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} (2 cores, 127.0.0.1 only).", "", *lines, "", *notes]
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
