@@ -34,6 +34,14 @@ def body(protocol: str, rows: int) -> bytes:
     return json.dumps({"inputs": [{"name": "input-0", "shape": [rows, 10], "datatype": "FP64", "data": flat}]}).encode()
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http on loopback only
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 @dataclass
 class Server:
     name: str
@@ -46,11 +54,17 @@ class Server:
     cold_start: float = float("nan")
     log: Path | None = None
 
-    def url(self, protocol: str) -> str:
-        base = f"http://127.0.0.1:{self.port}"
-        return f"{base}/v1/models/diabetes:predict" if protocol == "v1" else f"{base}/v2/models/diabetes/infer"
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def start(self, logs: Path) -> None:
+    def url(self, protocol: str) -> str:
+        return (
+            f"{self.base}/v1/models/diabetes:predict" if protocol == "v1" else f"{self.base}/v2/models/diabetes/infer"
+        )
+
+    def start(self, logs: Path, until: str = "prediction") -> None:
+        """Start and wait for the first successful prediction (``until="live"``: for liveness only)."""
         self.log = logs / f"{self.name}.log"
         started = time.perf_counter()
         with self.log.open("wb") as out:
@@ -67,6 +81,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            if until == "live" and _answers(f"{self.base}/v2/health/live"):
+                self.cold_start = time.perf_counter() - started
+                return
             try:
                 request = urllib.request.Request(  # noqa: S310 - http on loopback only
                     self.url(protocol), data=body(protocol, 1), headers={"Content-Type": "application/json"}

@@ -5,8 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[^/:]+$"},
+    "example": "diabetes",
+}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[^/:]+$"},
+    "example": "1",
+}
+_ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
+EXAMPLES = {
+    "V1Request": {"instances": [_ROW]},
+    "InferenceRequest": {
+        "id": "1",
+        "inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP64", "data": _ROW}],
+    },
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -37,9 +57,10 @@ def _get(
 def _post(
     summary: str, request: dict[str, Any], response: dict[str, Any], params: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
+    example = EXAMPLES[request["$ref"].rsplit("/", 1)[1]]
     operation: dict[str, Any] = {
         "summary": summary,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request, "example": example}}},
         "responses": {"200": _json(response, "Predictions"), **_errors(400, 404, 413, 415, 422, 503)},
     }
     if params:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import orjson
 from flask import Flask, Response, request
+from werkzeug.routing import BaseConverter
 
 from . import __version__, jsonbody, metrics, openapi, v1, v2
 from .config import Settings
@@ -43,7 +44,15 @@ def json_response(payload: object, status: int = 200, headers: dict[str, str] | 
     )
 
 
+class ModelNameConverter(BaseConverter):
+    """Model names and versions never contain ':' (training refuses them), so
+    /v1/models/x:predict can only mean the predict route, whatever the method."""
+
+    regex = "[^/:]+"
+
+
 def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
+    app.url_map.converters["model"] = ModelNameConverter
     max_rows = settings.max_rows
 
     # ---- Open Inference Protocol (V2) -------------------------------------------------
@@ -61,8 +70,8 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
             return json_response({"ready": True})
         return json_response({"ready": False, "error": f"model is not ready: {holder.error}"}, 503)
 
-    @app.get("/v2/models/<name>")
-    @app.get("/v2/models/<name>/versions/<version>")
+    @app.get("/v2/models/<model:name>")
+    @app.get("/v2/models/<model:name>/versions/<model:version>")
     def model_metadata(name: str, version: str | None = None) -> Response:
         current = holder.require(name, version)
         return json_response(
@@ -75,14 +84,14 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
             }
         )
 
-    @app.get("/v2/models/<name>/ready")
-    @app.get("/v2/models/<name>/versions/<version>/ready")
+    @app.get("/v2/models/<model:name>/ready")
+    @app.get("/v2/models/<model:name>/versions/<model:version>/ready")
     def model_ready(name: str, version: str | None = None) -> Response:
         holder.require(name, version)
         return json_response({"name": holder.name, "ready": True})
 
-    @app.post("/v2/models/<name>/infer")
-    @app.post("/v2/models/<name>/versions/<version>/infer")
+    @app.post("/v2/models/<model:name>/infer")
+    @app.post("/v2/models/<model:name>/versions/<model:version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
         current = holder.require(name, version)
         body, binary = read_json(allow_binary=True)
@@ -103,12 +112,12 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
     def list_models() -> Response:
         return json_response({"models": [holder.name] if holder.ready() else []})
 
-    @app.get("/v1/models/<name>")
+    @app.get("/v1/models/<model:name>")
     def v1_model_ready(name: str) -> Response:
         holder.require(name)
         return json_response({"name": holder.name, "ready": True})
 
-    @app.post("/v1/models/<name>:predict")
+    @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
         current = holder.require(name)
         return _predict_v1(current)

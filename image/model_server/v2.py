@@ -16,6 +16,7 @@ import numpy as np
 from .errors import ClientError
 from .tensors import as_numeric_array, check_matrix, check_row_count
 
+_ABSENT = object()
 OUTPUT_NAME = "predict"
 INPUT_NAME = "input-0"
 BINARY_HEADER = "Inference-Header-Content-Length"
@@ -49,10 +50,11 @@ def parse_request(body: Any, binary: bytes, feature_names: list[str], max_rows: 
     """Decoded V2 JSON (plus any binary section) -> validated feature matrix and response options."""
     if not isinstance(body, dict):
         raise ClientError(400, 'body must be a JSON object with "inputs"')
+    # Optional members may be absent, but not null: the protocol types them (string, object, list).
     request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in body and not isinstance(request_id, str):
         raise ClientError(400, '"id" must be a string')
-    parameters = _parameters(body.get("parameters"), '"parameters"')
+    parameters = _parameters(body.get("parameters", {}), '"parameters"')
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ClientError(400, '"inputs" must be a non-empty list of tensors')
@@ -65,13 +67,11 @@ def parse_request(body: Any, binary: bytes, feature_names: list[str], max_rows: 
     return InferRequest(
         matrix=matrix,
         id=request_id,
-        binary_outputs=_requested_outputs(body.get("outputs"), bool(parameters.get("binary_data_output"))),
+        binary_outputs=_requested_outputs(body.get("outputs", _ABSENT), bool(parameters.get("binary_data_output"))),
     )
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
     if not isinstance(value, dict):
         raise ClientError(400, f"{where} must be an object")
     return value
@@ -102,7 +102,7 @@ def _read_tensors(inputs: list[Any], binary: bytes, max_rows: int) -> dict[str, 
                 422, f"{where} has datatype {datatype!r}; supported: {', '.join(DTYPES)} (numeric features only)"
             )
         dtype = DTYPES[datatype]
-        size = _parameters(tensor.get("parameters"), f"{where} parameters").get("binary_data_size")
+        size = _parameters(tensor.get("parameters", {}), f"{where} parameters").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise ClientError(400, f"{where} binary_data_size {size!r} does not fit the binary section")
@@ -163,7 +163,7 @@ def _columns_to_matrix(tensors: dict[str, np.ndarray], feature_names: list[str],
 
 def _requested_outputs(outputs: Any, all_binary: bool) -> set[str]:
     """Validate ``outputs``; return the names to send as binary. Only ``predict`` exists."""
-    if outputs is None:
+    if outputs is _ABSENT:
         return {OUTPUT_NAME} if all_binary else set()
     if not isinstance(outputs, list):
         raise ClientError(400, '"outputs" must be a list')
@@ -173,7 +173,7 @@ def _requested_outputs(outputs: Any, all_binary: bool) -> set[str]:
             raise ClientError(400, f'outputs[{index}] needs a "name" string')
         if output["name"] != OUTPUT_NAME:
             raise ClientError(400, f"unknown output '{output['name']}'; this model has '{OUTPUT_NAME}'")
-        params = _parameters(output.get("parameters"), f"outputs[{index}] parameters")
+        params = _parameters(output.get("parameters", {}), f"outputs[{index}] parameters")
         if params.get("binary_data", all_binary):
             binary.add(OUTPUT_NAME)
     return binary

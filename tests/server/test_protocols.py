@@ -206,3 +206,9 @@ class TestStrictJson:
     )
     def test_invalid_json_is_refused(self, raw, fragment):
         refused(lambda: jsonbody.loads(raw), 400, fragment)
+
+
+@pytest.mark.parametrize("member", ["id", "parameters", "outputs"])
+def test_v2_optional_members_may_be_absent_but_not_null(member):
+    body = v2_body([[1, 2, 3]], **{member: None})
+    refused(lambda: v2.parse_request(body, b"", FEATURES, 10), 400, f'"{member}"')
