@@ -5,20 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[^/:]+$"},
-    "example": "diabetes",
-}
-_VERSION = {
-    "name": "version",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[^/:]+$"},
-    "example": "1",
-}
+
+
+def _path_param(name: str, example: str) -> dict[str, Any]:
+    # Names and versions never hold ':' or '/' (routes.ModelNameConverter).
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[^/:]+$"},
+        "example": example,
+    }
+
+
+_NAME = _path_param("name", "diabetes")
+_VERSION = _path_param("version", "1")
 _ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
 EXAMPLES = {
     "V1Request": {"instances": [_ROW]},

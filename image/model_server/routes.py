@@ -11,6 +11,7 @@ from flask import Flask, Response, request
 from werkzeug.routing import BaseConverter
 
 from . import __version__, jsonbody, metrics, openapi, v1, v2
+from .artifact import Artifact
 from .config import Settings
 from .errors import ClientError
 from .model import ModelHolder
@@ -126,7 +127,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
     def predict_alias() -> Response:
         return _predict_v1(holder.require(holder.name))
 
-    def _predict_v1(current) -> Response:
+    def _predict_v1(current: Artifact) -> Response:
         body, _ = read_json()
         matrix = v1.parse_request(body, current.feature_names, max_rows)
         return json_response(v1.encode_response(holder.predict(matrix, "v1")))

@@ -30,6 +30,7 @@ class SmokeFailure(Exception):
 
 def call(url: str, body: Any = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
+    # --url is the release's own Service URL, set by the chart: http by construction.
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310

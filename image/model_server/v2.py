@@ -78,50 +78,65 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 
 
 def _read_tensors(inputs: list[Any], binary: bytes, max_rows: int) -> dict[str, np.ndarray]:
+    # Every tensor's structure first (400s), then limits and contents (413, 422): a malformed
+    # request is reported as malformed whatever its size claims.
+    described = [_describe(tensor, index) for index, tensor in enumerate(inputs)]
+    names = [name for name, *_ in described]
+    duplicated = next((name for name in names if names.count(name) > 1), None)
+    if duplicated is not None:
+        raise ClientError(400, f"input '{duplicated}' appears twice")
     tensors: dict[str, np.ndarray] = {}
     offset = 0
-    for index, tensor in enumerate(inputs):
-        where = f"inputs[{index}]"
-        if not isinstance(tensor, dict):
-            raise ClientError(400, f"{where} must be an object")
-        name = tensor.get("name")
-        if not isinstance(name, str) or not name:
-            raise ClientError(400, f'{where} needs a "name" string')
+    for name, shape, datatype, size, data in described:
         where = f"input '{name}'"
-        if name in tensors:
-            raise ClientError(400, f"{where} appears twice")
-        shape = tensor.get("shape")
-        if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
-            raise ClientError(400, f'{where} needs "shape": a list of non-negative integers')
         if len(shape) > 2:
             raise ClientError(422, f"{where} has shape {shape}; expected [rows, features] or [rows]")
         check_row_count(shape[0], max_rows, where)
-        datatype = tensor.get("datatype")
         if datatype not in DTYPES:
             raise ClientError(
                 422, f"{where} has datatype {datatype!r}; supported: {', '.join(DTYPES)} (numeric features only)"
             )
         dtype = DTYPES[datatype]
-        size = _parameters(tensor.get("parameters", {}), f"{where} parameters").get("binary_data_size")
         if size is not None:
-            if type(size) is not int or size < 0 or offset + size > len(binary):
-                raise ClientError(400, f"{where} binary_data_size {size!r} does not fit the binary section")
             expected = prod(shape) * dtype.itemsize
+            if offset + size > len(binary):
+                raise ClientError(400, f"{where} binary_data_size {size} does not fit the binary section")
             if size != expected:
                 raise ClientError(
-                    422,
-                    f"{where} binary data is {size} bytes; shape {shape} of {datatype} needs {expected}",
+                    422, f"{where} binary data is {size} bytes; shape {shape} of {datatype} needs {expected}"
                 )
             array = np.frombuffer(binary, dtype=dtype, count=prod(shape), offset=offset)
             offset += size
         else:
-            array = _typed(as_numeric_array(tensor.get("data"), f"{where} data"), dtype, datatype, where)
+            array = _typed(as_numeric_array(data, f"{where} data"), dtype, datatype, where)
         if array.size != prod(shape):
             raise ClientError(422, f"{where} has {array.size} values; shape {shape} needs {prod(shape)}")
         tensors[name] = array.reshape(shape)
     if offset != len(binary):
         raise ClientError(400, f"binary section has {len(binary) - offset} bytes no input claims")
     return tensors
+
+
+def _describe(tensor: Any, index: int) -> tuple[str, list[int], Any, int | None, Any]:
+    """One input's structure, checked: (name, shape, datatype, binary_data_size, data)."""
+    where = f"inputs[{index}]"
+    if not isinstance(tensor, dict):
+        raise ClientError(400, f"{where} must be an object")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise ClientError(400, f'{where} needs a "name" string')
+    where = f"input '{name}'"
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise ClientError(400, f'{where} needs "shape": a list of non-negative integers')
+    if not isinstance(tensor.get("datatype"), str):
+        raise ClientError(400, f'{where} needs a "datatype" string')
+    size = _parameters(tensor.get("parameters", {}), f"{where} parameters").get("binary_data_size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise ClientError(400, f"{where} binary_data_size {size!r} is not a byte count")
+    if size is None and not isinstance(tensor.get("data"), list):
+        raise ClientError(400, f'{where} needs "data": an array (or binary_data_size with binary data)')
+    return name, shape, tensor["datatype"], size, tensor.get("data")
 
 
 def _typed(array: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:

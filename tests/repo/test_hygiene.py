@@ -17,12 +17,16 @@ ENTRY_POINTS = [
     "test",
     "bench",
     "build-image",
+    "image-report",
+    "reliability",
     "render",
     "validate",
     "promote",
     "set-image",
     "diff",
     "train",
+    "docs",
+    "lock",
     "tools.sh",
 ]
 

@@ -212,3 +212,13 @@ class TestStrictJson:
 def test_v2_optional_members_may_be_absent_but_not_null(member):
     body = v2_body([[1, 2, 3]], **{member: None})
     refused(lambda: v2.parse_request(body, b"", FEATURES, 10), 400, f'"{member}"')
+
+
+def test_v2_a_malformed_tensor_is_reported_before_another_tensor_is_over_the_row_limit():
+    body = {
+        "inputs": [
+            {"name": "a", "shape": [10**9, 10], "datatype": "FP64", "data": [1]},
+            {"name": "b", "shape": [-1], "datatype": "FP64", "data": [1]},
+        ]
+    }
+    refused(lambda: v2.parse_request(body, b"", FEATURES, 10), 400, "non-negative integers")
