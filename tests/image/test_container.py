@@ -92,7 +92,9 @@ def test_serves_both_protocols_as_uid_10001_with_its_own_cmd_writing_only_temp_d
     np.testing.assert_array_equal(v2["outputs"][0]["data"], expected)
 
     metrics = requests.get(f"{box.url}/metrics", timeout=5).text
-    assert 'model_server_requests_total{method="POST",route="/v1/models/<name>:predict",status="200"} 1.0' in metrics
+    assert (
+        'model_server_requests_total{method="POST",route="/v1/models/<model:name>:predict",status="200"} 1.0' in metrics
+    )
     assert 'model_server_predicted_rows_total{protocol="v2"} 2.0' in metrics
 
     assert box.stop() == 0
