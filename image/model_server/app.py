@@ -1,4 +1,4 @@
-"""The Flask application: request IDs, JSON errors, metrics around every request, and the routes."""
+"""The Flask application: JSON errors, the routes, and the middleware that adds request IDs and metrics."""
 
 from __future__ import annotations
 

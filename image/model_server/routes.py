@@ -36,11 +36,10 @@ def read_json(allow_binary: bool = False) -> tuple[object, bytes]:
     return jsonbody.loads(raw), binary
 
 
-def json_response(payload: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(payload: object, status: int = 200) -> Response:
     return Response(
         orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
         status=status,
-        headers=headers,
         mimetype="application/json",
     )
 

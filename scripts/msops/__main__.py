@@ -72,7 +72,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     decl = environments.load()
     source, target = decl.get(args.source), decl.get(args.target)
     text = values.promote(decl, source, target, dry_run=args.dry_run)
-    tag = values.get_path(_merged(source), "image.tag")
+    tag = values.get_path(values.environment_values(source), "image.tag")
     message = f"Promote {source.name} to {target.name}: image {tag}"
     return _finish_edit(text, message, args, target.values_files[-1])
 
@@ -96,15 +96,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         text = diff.between_environments(*args.environments)
     sys.stdout.write(text or "no differences\n")
     return 0
-
-
-def _merged(env: environments.Environment) -> dict:
-    import yaml
-
-    merged: dict = {}
-    for file in env.values_files:
-        merged = values.coalesce(merged, yaml.safe_load((ROOT / file).read_text()) or {})
-    return merged
 
 
 def parser() -> argparse.ArgumentParser:

@@ -118,6 +118,14 @@ def coalesce(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def environment_values(env: Environment, root: Path = ROOT) -> dict[str, Any]:
+    """The environment's own values files merged in order (without the chart defaults)."""
+    merged: dict[str, Any] = {}
+    for file in env.values_files:
+        merged = coalesce(merged, yaml.safe_load((root / file).read_text()) or {})
+    return merged
+
+
 def schema_errors(
     decl: Declaration, env: Environment, root: Path = ROOT, replace: dict[str, Path] | None = None
 ) -> list[str]:
@@ -211,9 +219,7 @@ def promote(
     if source.promotes_to != target.name:
         expected = source.promotes_to or "nowhere"
         raise OpsError(f"{source.name} promotes to {expected}, not {target.name} (promotesTo in environments.yaml)")
-    merged: dict[str, Any] = {}
-    for file in source.values_files:
-        merged = coalesce(merged, yaml.safe_load((root / file).read_text()) or {})
+    merged = environment_values(source, root)
     picked = {key: get_path(merged, key) for key in decl.promoted_keys}
     if picked.get("image.tag") is not None:
         check_tag(str(picked["image.tag"]))
