@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from . import logs, routes
 from .config import Settings
 from .errors import ClientError
+from .fastpath import PredictionFastPath
 from .middleware import ROUTE_ENVIRON_KEY, Observability
 from .model import ModelHolder
 from .routes import json_response
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         log.exception("unhandled error on %s %s", request.method, request.path)
         return json_response({"error": "internal server error"}, 500)
 
-    routes.register(app, holder, settings)
-    app.wsgi_app = Observability(app.wsgi_app)  # type: ignore[method-assign]
+    handlers = routes.register(app, holder, settings)
+    fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes)
+    app.wsgi_app = Observability(fast)  # type: ignore[method-assign]
     return app

@@ -1,17 +1,19 @@
 """Every HTTP route: Open Inference Protocol V2, KServe V1, health, metrics and the OpenAPI description.
 
-The request path for a prediction, top to bottom: ``read_json`` -> ``v1``/``v2.parse_request``
-(-> ``tensors``) -> ``ModelHolder.predict`` -> ``encode_response`` -> ``json_response``.
+The request path for a prediction, top to bottom: ``fastpath.PredictionFastPath`` (or Flask, for the
+same routes in tests and as the fallback) -> ``v1_handler``/``infer_handler``: ``decode_body`` ->
+``v1``/``v2.parse_request`` (-> ``tensors``) -> ``ModelHolder.predict`` -> ``encode_response`` -> ``dumps``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 from flask import Flask, Response, request
 from werkzeug.routing import BaseConverter
 
 from . import __version__, jsonbody, metrics, openapi, v1, v2
-from .artifact import Artifact
 from .config import Settings
 from .errors import ClientError
 from .model import ModelHolder
@@ -20,28 +22,36 @@ SERVER_NAME = "model-server"
 EXTENSIONS = ["binary_tensor_data"]
 _JSON_TYPES = ("", "application/json")
 
+# A prediction handler: (raw body, mimetype, V2 binary header, URL args) -> (body, headers).
+Prediction = tuple[bytes, list[tuple[str, str]]]
+Handler = Callable[[bytes, str, "str | None", dict[str, "str | None"]], Prediction]
 
-def read_json(allow_binary: bool = False) -> tuple[object, bytes]:
-    """The decoded JSON body and, for the V2 binary extension, the raw bytes after it."""
-    mimetype = request.mimetype
-    header = request.headers.get(v2.BINARY_HEADER) if allow_binary else None
-    if header is None and mimetype not in _JSON_TYPES and not mimetype.endswith("+json"):
+
+def decode_body(raw: bytes, mimetype: str, binary_header: str | None) -> tuple[object, bytes]:
+    """The decoded JSON body and, for the V2 binary extension (``binary_header`` set), the bytes after it."""
+    if binary_header is None and mimetype not in _JSON_TYPES and not mimetype.endswith("+json"):
         raise ClientError(415, f"Content-Type {mimetype!r} is not supported; send application/json")
-    raw = request.get_data(cache=False)
     binary = b""
-    if header is not None:
-        if not header.isdigit() or int(header) > len(raw):
-            raise ClientError(400, f"{v2.BINARY_HEADER} {header!r} must be a byte count within the body")
-        raw, binary = raw[: int(header)], raw[int(header) :]
+    if binary_header is not None:
+        if not binary_header.isdigit() or int(binary_header) > len(raw):
+            raise ClientError(400, f"{v2.BINARY_HEADER} {binary_header!r} must be a byte count within the body")
+        raw, binary = raw[: int(binary_header)], raw[int(binary_header) :]
     return jsonbody.loads(raw), binary
 
 
+def dumps(payload: object) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(payload: object, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status,
-        mimetype="application/json",
-    )
+    return Response(dumps(payload), status=status, mimetype="application/json")
+
+
+def _flask_prediction(handler: Handler, binary: bool = False, **args: str | None) -> Response:
+    """A prediction handler run from Flask (the fast path in fastpath.py runs the same handler)."""
+    header = request.headers.get(v2.BINARY_HEADER) if binary else None
+    body, headers = handler(request.get_data(cache=False), request.mimetype, header, args)
+    return Response(body, headers=headers)
 
 
 class ModelNameConverter(BaseConverter):
@@ -51,7 +61,8 @@ class ModelNameConverter(BaseConverter):
     regex = "[^/:]+"
 
 
-def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
+def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, Handler]:
+    """Add every route to ``app``; return the prediction handlers by endpoint, for the fast path."""
     app.url_map.converters["model"] = ModelNameConverter
     max_rows = settings.max_rows
 
@@ -90,22 +101,24 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
         holder.require(name, version)
         return json_response({"name": holder.name, "ready": True})
 
-    @app.post("/v2/models/<model:name>/infer")
-    @app.post("/v2/models/<model:name>/versions/<model:version>/infer")
-    def infer(name: str, version: str | None = None) -> Response:
-        current = holder.require(name, version)
-        body, binary = read_json(allow_binary=True)
+    def infer_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
+        current = holder.require(args["name"], args.get("version"))
+        body, binary = decode_body(raw, mimetype, header)
         parsed = v2.parse_request(body, binary, current.feature_names, max_rows)
         predictions = holder.predict(parsed.matrix, "v2")
         payload, binary_out = v2.encode_response(predictions, parsed, holder.name, current.version)
+        encoded = dumps(payload)
         if not binary_out:
-            return json_response(payload)
-        header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        return Response(
-            header + binary_out,
-            mimetype="application/octet-stream",
-            headers={v2.BINARY_HEADER: str(len(header))},
-        )
+            return encoded, [("Content-Type", "application/json")]
+        return encoded + binary_out, [
+            ("Content-Type", "application/octet-stream"),
+            (v2.BINARY_HEADER, str(len(encoded))),
+        ]
+
+    @app.post("/v2/models/<model:name>/infer")
+    @app.post("/v2/models/<model:name>/versions/<model:version>/infer")
+    def infer(name: str, version: str | None = None) -> Response:
+        return _flask_prediction(infer_handler, binary=True, name=name, version=version)
 
     # ---- KServe V1 ----------------------------------------------------------------------
     @app.get("/v1/models")
@@ -117,19 +130,20 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
         holder.require(name)
         return json_response({"name": holder.name, "ready": True})
 
+    def v1_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
+        # /predict names no model: it is the loaded one.
+        current = holder.require(args.get("name") or holder.name)
+        body, _ = decode_body(raw, mimetype, None)
+        matrix = v1.parse_request(body, current.feature_names, max_rows)
+        return dumps(v1.encode_response(holder.predict(matrix, "v1"))), [("Content-Type", "application/json")]
+
     @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
-        current = holder.require(name)
-        return _predict_v1(current)
+        return _flask_prediction(v1_handler, name=name)
 
     @app.post("/predict")
     def predict_alias() -> Response:
-        return _predict_v1(holder.require(holder.name))
-
-    def _predict_v1(current: Artifact) -> Response:
-        body, _ = read_json()
-        matrix = v1.parse_request(body, current.feature_names, max_rows)
-        return json_response(v1.encode_response(holder.predict(matrix, "v1")))
+        return _flask_prediction(v1_handler)
 
     # ---- Operations -------------------------------------------------------------------
     @app.get("/metrics")
@@ -140,3 +154,5 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> None:
     @app.get("/openapi.json")
     def openapi_document() -> Response:
         return json_response(openapi.document(__version__))
+
+    return {"infer": infer_handler, "predict_v1": v1_handler, "predict_alias": v1_handler}

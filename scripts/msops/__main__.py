@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import OpsError, diff, environments, render, validate, values
+from . import OpsError, cluster, diff, environments, gobuild, render, validate, values
 from .tools import ROOT
 
 
@@ -98,6 +98,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        cluster.up(with_flux=args.flux, nodes=args.nodes)
+    elif args.action == "down":
+        cluster.down()
+    elif args.action == "status":
+        return cluster.status()
+    elif args.action == "kubeconfig":
+        print(cluster.KUBECONFIG)
+    elif args.action == "build":
+        for name in args.names or gobuild.COMPONENTS:
+            print(gobuild.build(name, log=cluster.log))
+    elif args.action == "wrap":
+        for name in args.names:
+            print(gobuild.wrap(name))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml."
@@ -140,6 +158,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("environments", nargs="+", metavar="ENV")
     p.add_argument("--ref", help="git ref to compare the work tree with")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("cluster", help="local control plane on 127.0.0.1 for the end-to-end tests")
+    p.add_argument(
+        "action",
+        choices=("up", "down", "status", "kubeconfig", "build", "wrap"),
+        help="up: start (building binaries first if missing); down: stop everything by PID; status; "
+        "kubeconfig: print its path; build: build binaries; wrap: regenerate a wrapper module",
+    )
+    p.add_argument("names", nargs="*", metavar="COMPONENT", help=f"for build/wrap: {', '.join(gobuild.COMPONENTS)}")
+    p.add_argument("--flux", action="store_true", help="also run the Flux source- and helm-controllers")
+    p.add_argument("--nodes", type=int, default=3, help="kwok nodes to create (default 3, one per zone)")
+    p.set_defaults(func=cmd_cluster)
     return top
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .environments import Declaration
+from .environments import Declaration, Environment
 from .tools import ROOT
 
 ARGOCD_DIR = Path("environments/argocd")
@@ -90,7 +90,7 @@ def check_flux(decl: Declaration, root: Path = ROOT) -> list[str]:
         _compare(problems, f"{where} releaseName", spec.get("releaseName"), decl.release_name)
         _compare(problems, f"{where} targetNamespace", spec.get("targetNamespace"), env.namespace)
         _compare(problems, f"{where} chart", chart.get("chart"), f"./{decl.chart}")
-        _compare(problems, f"{where} valuesFiles", chart.get("valuesFiles"), list(env.values_files))
+        _compare(problems, f"{where} valuesFiles", chart.get("valuesFiles"), flux_values_files(decl, env))
         _compare(problems, f"{where} sourceRef", chart.get("sourceRef", {}).get("name"), repo["metadata"]["name"])
     cluster_paths = {
         doc["spec"]["path"] for path, doc in docs if doc.get("kind") == "Kustomization" and "clusters" in path.parts
@@ -99,6 +99,12 @@ def check_flux(decl: Declaration, root: Path = ROOT) -> list[str]:
         if f"./{FLUX_DIR}/{name}" not in cluster_paths:
             problems.append(f"no Flux Kustomization under {FLUX_DIR}/clusters applies ./{FLUX_DIR}/{name}")
     return problems
+
+
+def flux_values_files(decl: Declaration, env: Environment) -> list[str]:
+    """What a Flux HelmRelease must list: unlike `helm -f` (and Argo CD), Flux's valuesFiles replace
+    the chart's values.yaml instead of layering over it, so the chart defaults come first."""
+    return [f"{decl.chart}/values.yaml", *env.values_files]
 
 
 def referenced_paths(root: Path = ROOT) -> list[tuple[str, Path]]:

@@ -68,6 +68,18 @@ def test_body_over_the_limit_is_413(start_server, artifact_dir):
     )
     assert response.status_code == 413
     assert "error" in response.json()
+    # Chunked: no Content-Length to refuse up front, so the limit applies while reading.
+    chunks = (b" " * 512 for _ in range(8))
+    chunked = requests.post(
+        f"{server.url}/predict", data=chunks, headers={"Content-Type": "application/json"}, timeout=5
+    )
+    assert chunked.status_code == 413
+    small = (part for part in (b'{"instances": ', b"[[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]]}"))
+    accepted = requests.post(
+        f"{server.url}/predict", data=small, headers={"Content-Type": "application/json"}, timeout=5
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert len(accepted.json()["predictions"]) == 1
 
 
 def test_oversized_headers_are_refused_by_gunicorn(server):

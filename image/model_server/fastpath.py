@@ -1,0 +1,107 @@
+"""The prediction routes served at the WSGI layer, in front of Flask.
+
+A prediction spends ~15 us parsing, predicting and encoding, and was spending ~100 us in Flask's
+request/response machinery around it (context push, hooks, Request and Response objects). This layer
+answers POSTs to the prediction endpoints straight from the WSGI environ with the same handlers the
+Flask views call (``v1_handler`` / ``infer_handler`` in routes.py); the routes themselves stay
+in Flask's URL map, which decides what matches, so routing has one source of truth. Everything
+else (other routes, other methods, so 405s too) goes to Flask unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import Map
+
+from .errors import ClientError
+from .middleware import ROUTE_ENVIRON_KEY
+from .routes import Handler
+
+log = logging.getLogger("model_server.fastpath")
+
+
+def _status_line(code: int) -> str:
+    """As Werkzeug writes it, so the fast path and Flask answer byte for byte alike."""
+    return f"{code} {HTTP_STATUS_CODES.get(code, 'UNKNOWN').upper()}"
+
+
+def _error(status: int, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = orjson.dumps({"error": message})
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    return _status_line(status), headers, body
+
+
+_OK = _status_line(200)
+_MATCH_CACHE_SIZE = 256
+
+
+class PredictionFastPath:
+    """WSGI middleware: POSTs matching ``handlers``' endpoints in ``url_map`` never reach Flask."""
+
+    def __init__(self, app: Any, url_map: Map, handlers: dict[str, Handler], max_body_bytes: int) -> None:
+        self.app = app
+        self.url_map = url_map
+        self.handlers = handlers
+        self.max_body_bytes = max_body_bytes
+        # PATH_INFO -> (handler, rule, URL args) of prediction routes already matched: matching
+        # costs ~20 us, a dict lookup well under one. Only the method (POST) and the path decide a
+        # match here (the map has no host or subdomain rules), so the path alone is the key.
+        self._matches: dict[str, tuple[Handler, str, dict[str, Any]]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        path = environ.get("PATH_INFO", "")
+        matched = self._matches.get(path)
+        if matched is None:
+            try:
+                rule, args = self.url_map.bind_to_environ(environ).match(return_rule=True)
+            except HTTPException:
+                return self.app(environ, start_response)  # Flask answers the 404/405 in its usual shape
+            if rule.endpoint not in self.handlers:
+                return self.app(environ, start_response)
+            if len(self._matches) >= _MATCH_CACHE_SIZE:
+                self._matches.clear()  # clients choose paths: keep the cache bounded
+            matched = self._matches[path] = (self.handlers[rule.endpoint], rule.rule, args)
+        handler, route, args = matched
+        environ[ROUTE_ENVIRON_KEY] = route
+        try:
+            raw = self._read_body(environ)
+            content_type = environ.get("CONTENT_TYPE", "")
+            mimetype = content_type.split(";", 1)[0].strip().lower()
+            body, headers = handler(raw, mimetype, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), args)
+            status = _OK
+            headers.append(("Content-Length", str(len(body))))
+        except ClientError as exc:
+            status, headers, body = _error(exc.status, exc.message)
+        except HTTPException as exc:
+            status, headers, body = _error(exc.code or 500, f"{exc.name}: {exc.description}")
+        except Exception:
+            log.exception("unhandled error on POST %s", environ.get("PATH_INFO"))
+            status, headers, body = _error(500, "internal server error")
+        start_response(status, headers)
+        return [body]
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        stream = environ["wsgi.input"]
+        length = environ.get("CONTENT_LENGTH")
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise ClientError(400, f"Content-Length {length!r} is not a number") from None
+            if size > self.max_body_bytes:
+                raise RequestEntityTooLarge()
+            return stream.read(size) if size else b""
+        if not environ.get("wsgi.input_terminated"):
+            return b""  # no length and no terminated stream: WSGI says there is no body to read
+        data = stream.read(self.max_body_bytes + 1)  # chunked: read one byte past the limit to detect it
+        if len(data) > self.max_body_bytes:
+            raise RequestEntityTooLarge()
+        return data

@@ -1,0 +1,245 @@
+"""Every environment of environments/environments.yaml, installed with Helm into a real API server.
+
+Release name, namespace and values files come from the declaration, exactly as Argo CD and Flux get
+them. Each namespace enforces the restricted Pod Security Standard, so a pod the chart renders that
+the admission controller refuses shows up as a FailedCreate event and a Deployment that never
+becomes Available.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from msops import environments, render, values
+
+from tests.cluster.conftest import Kube, wait_for
+from tests.kube import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+DECL = environments.load()
+ENVS = list(DECL.environments.values())
+CHART_DEFAULTS = yaml.safe_load((ROOT / DECL.chart / "values.yaml").read_text())
+
+
+def effective_values(env: environments.Environment) -> dict:
+    return values.coalesce(CHART_DEFAULTS, values.environment_values(env))
+
+
+def expected_replicas(env: environments.Environment) -> int:
+    merged = effective_values(env)
+    # With the HPA on, the chart leaves replicas to it and the HPA raises them to minReplicas.
+    return merged["autoscaling"]["minReplicas"] if merged["autoscaling"]["enabled"] else merged["replicaCount"]
+
+
+def model_store(kube: Kube, env: environments.Environment) -> None:
+    """The platform side of model.mode=existingClaim: a bound, read-only claim the release mounts."""
+    model = effective_values(env)["model"]
+    if model["mode"] != "existingClaim":
+        return
+    pv_name = f"{env.namespace}-{model['existingClaim']}"
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": f"/srv/model-store/{env.name}"},
+                    "claimRef": {"namespace": env.namespace, "name": model["existingClaim"]},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": model["existingClaim"], "namespace": env.namespace},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        ]
+    )
+    wait_for(
+        f"PVC {model['existingClaim']} bound",
+        lambda: kube.json("get", "pvc", model["existingClaim"], "-n", env.namespace)["status"].get("phase") == "Bound",
+    )
+
+
+def helm_args(env: environments.Environment) -> list[str]:
+    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", env.namespace]
+    for file in env.values_files:
+        args += ["--values", str(ROOT / file)]
+    return args
+
+
+def deployment(kube: Kube, env: environments.Environment) -> dict:
+    names = kube.kubectl(
+        "get", "deployment", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}", "-o", "name"
+    ).split()
+    assert len(names) == 1, f"expected one Deployment of release {DECL.release_name}, got {names}"
+    return kube.json("get", names[0], "-n", env.namespace)
+
+
+def wait_rolled_out(kube: Kube, env: environments.Environment, replicas: int) -> dict:
+    def done() -> dict | None:
+        dep = deployment(kube, env)
+        status = dep.get("status", {})
+        available = any(c["type"] == "Available" and c["status"] == "True" for c in status.get("conditions", []))
+        settled = status.get("observedGeneration") == dep["metadata"]["generation"]
+        counts = (status.get("updatedReplicas"), status.get("readyReplicas"), status.get("replicas"))
+        return dep if available and settled and counts == (replicas, replicas, replicas) else None
+
+    return wait_for(f"{env.name} Deployment Available with {replicas} updated, ready replicas", done, timeout=180)
+
+
+def replica_sets(kube: Kube, env: environments.Environment, dep: dict) -> dict[str, dict]:
+    """Revision -> ReplicaSet owned by the Deployment."""
+    owned = {}
+    for rs in kube.json("get", "replicaset", "-n", env.namespace)["items"]:
+        if any(ref["uid"] == dep["metadata"]["uid"] for ref in rs["metadata"].get("ownerReferences", [])):
+            owned[rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]] = rs
+    return owned
+
+
+@pytest.fixture(scope="module")
+def installed(kube: Kube) -> dict[str, dict]:
+    """Each environment installed once (helm install --wait); the tests below inspect and then roll it."""
+    kube.kubectl("create", "namespace", "monitoring", check=False)
+    deployments = {}
+    for env in ENVS:
+        kube.restricted_namespace(env.namespace)
+        model_store(kube, env)
+        kube.helm("install", *helm_args(env), "--wait", "--timeout", "4m")
+        deployments[env.name] = wait_rolled_out(kube, env, expected_replicas(env))
+    return deployments
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
+def test_install_is_available_admitted_and_accepted(kube: Kube, installed: dict, env: environments.Environment):
+    dep = installed[env.name]
+    assert dep["status"]["readyReplicas"] == expected_replicas(env)
+    assert kube.events(env.namespace, "FailedCreate") == [], "Pod Security (or quota) rejected a pod"
+    pods = kube.json("get", "pods", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}")
+    assert all(pod["spec"].get("nodeName") for pod in pods["items"]), "every pod is scheduled onto a kwok node"
+    # Everything Helm rendered exists in the API server, custom resources (ServiceMonitor) included.
+    manifest = kube.helm("get", "manifest", DECL.release_name, "-n", env.namespace).stdout
+    kinds = set()
+    for doc in (d for d in yaml.safe_load_all(manifest) if d):
+        kube.kubectl(
+            "get",
+            f"{doc['kind']}.{doc['apiVersion'].split('/')[0]}" if "/" in doc["apiVersion"] else doc["kind"],
+            doc["metadata"]["name"],
+            "-n",
+            env.namespace,
+        )
+        kinds.add(doc["kind"])
+    assert {"Deployment", "Service", "ServiceAccount"} <= kinds
+    if effective_values(env)["serviceMonitor"]["enabled"]:
+        assert "ServiceMonitor" in kinds
+    if effective_values(env)["autoscaling"]["enabled"]:
+        assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
+def test_the_helm_test_pod_is_admitted(kube: Kube, installed: dict, env: environments.Environment):
+    """kwok cannot run the smoke test, so `helm test` proves nothing here; admission is what can be proved.
+
+    The test Pod's own command runs against a real server in tests/image (container tests)."""
+    rendered = render.render(DECL, env)
+    pod = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    pod["metadata"]["name"] += "-admission"
+    created = kube.apply(pod, "-n", env.namespace)
+    assert "created" in created
+    scheduled = wait_for(
+        "the test Pod to be scheduled",
+        lambda: kube.json("get", "pod", pod["metadata"]["name"], "-n", env.namespace)["spec"].get("nodeName"),
+    )
+    assert scheduled.startswith("kwok-node-")
+    kube.kubectl("delete", "pod", pod["metadata"]["name"], "-n", env.namespace, "--wait=false")
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
+def test_upgrade_rolls_a_new_replicaset_and_rollback_restores_it(
+    kube: Kube, installed: dict, env: environments.Environment
+):
+    replicas = expected_replicas(env)
+    before = wait_rolled_out(kube, env, replicas)
+    first_rs = replica_sets(kube, env, before)[before["metadata"]["annotations"]["deployment.kubernetes.io/revision"]]
+    first_hash = first_rs["metadata"]["labels"]["pod-template-hash"]
+
+    kube.helm(
+        "upgrade", *helm_args(env), "--set-string", "podAnnotations.e2e/rollout=upgrade", "--wait", "--timeout", "4m"
+    )
+    upgraded = wait_rolled_out(kube, env, replicas)
+    assert upgraded["spec"]["template"]["metadata"]["annotations"]["e2e/rollout"] == "upgrade"
+    new_rs = replica_sets(kube, env, upgraded)[upgraded["metadata"]["annotations"]["deployment.kubernetes.io/revision"]]
+    assert new_rs["metadata"]["labels"]["pod-template-hash"] != first_hash, "the upgrade rolled a new ReplicaSet"
+
+    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", env.namespace, "-o", "yaml").stdout)
+    first_revision = min(entry["revision"] for entry in history)
+    kube.helm("rollback", DECL.release_name, str(first_revision), "-n", env.namespace, "--wait", "--timeout", "4m")
+    restored = wait_rolled_out(kube, env, replicas)
+    assert "e2e/rollout" not in (restored["spec"]["template"]["metadata"].get("annotations") or {})
+    current = replica_sets(kube, env, restored)[
+        restored["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+    ]
+    assert current["metadata"]["labels"]["pod-template-hash"] == first_hash, (
+        "rollback brought back the first ReplicaSet"
+    )
+    assert kube.events(env.namespace, "FailedCreate") == []
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
+def test_rendered_output_passes_server_side_dry_run(kube: Kube, installed: dict, env: environments.Environment):
+    rendered = render.render(DECL, env)
+    out = kube.kubectl("apply", "--dry-run=server", "-n", env.namespace, "-f", "-", input_text=rendered)
+    assert "(server dry run)" in out
+
+
+def test_gitops_manifests_pass_server_side_dry_run(kube: Kube):
+    """The Argo CD and Flux manifests of every environment, against the real CRDs."""
+    for namespace in ("argocd", "flux-system"):
+        kube.kubectl("create", "namespace", namespace, check=False)
+    files = sorted((ROOT / "environments" / "argocd").glob("*.yaml")) + sorted(
+        (ROOT / "environments" / "flux").rglob("*.yaml")
+    )
+    assert files
+    for path in files:
+        out = kube.kubectl("apply", "--dry-run=server", "-f", str(path))
+        assert "(server dry run)" in out, f"{path.relative_to(ROOT)}: {out}"
+
+
+def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path):
+    """Helm 4 installs too; the Gateway API HTTPRoute (off in every environment) is accepted with its CRD."""
+    dev = DECL.get("dev")
+    namespace = f"{dev.namespace}-helm4"
+    kube.restricted_namespace(namespace)
+    extra = tmp_path / "route.yaml"
+    extra.write_text(
+        yaml.safe_dump(
+            {
+                "httpRoute": {
+                    "enabled": True,
+                    "parentRefs": [{"name": "public", "namespace": "gateway"}],
+                    "hostnames": ["model.dev.example.com"],
+                }
+            }
+        )
+    )
+    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", namespace]
+    for file in dev.values_files:
+        args += ["--values", str(ROOT / file)]
+    kube.helm("install", *args, "--values", str(extra), "--wait", "--timeout", "4m", binary="helm4")
+    routes = kube.json("get", "httproute", "-n", namespace)["items"]
+    assert [r["spec"]["hostnames"] for r in routes] == [["model.dev.example.com"]]
+    assert kube.events(namespace, "FailedCreate") == []
+    kube.helm("uninstall", DECL.release_name, "-n", namespace, "--wait", binary="helm4")

@@ -1,0 +1,204 @@
+"""The GitOps loop for real: a commit to an environment's values reaches the API server through Flux.
+
+A local git server on 127.0.0.1 serves a repository made of this checkout's chart/ and environments/;
+the project's own GitRepository and HelmRelease (environments/flux) point Flux's source- and
+helm-controllers at it. Two changes are made to the applied copies, both stated here: the
+GitRepository URL (GitHub is not reachable) and `spec.test.enable: false`, because kwok runs no
+container, so the smoke-test Pod could never succeed and would fail every release for a reason that
+says nothing about the chart (the test Pod's admission is checked in test_environments).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from msops import environments, manifests
+
+from tests.cluster.conftest import Kube, wait_for
+from tests.kube import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+DECL = environments.load()
+ENV = DECL.get("dev")
+FLUX = ROOT / "environments" / "flux"
+GIT = ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", "-c", "commit.gpgsign=false"]
+
+
+class Remote:
+    """A bare repository behind msops.gitserver, and a work tree that commits and pushes to it."""
+
+    def __init__(self, base: Path) -> None:
+        self.bare = base / "repos" / "model-server-gitops.git"
+        self.work = base / "work"
+        for part in ("chart", "environments"):
+            shutil.copytree(ROOT / part, self.work / part)
+        self.git("init", "-q", "-b", DECL.revision)
+        self.git("add", "-A")
+        self.git("commit", "-qm", "Initial state: this checkout's chart and environments")
+        subprocess.run(["git", "clone", "-q", "--bare", str(self.work), str(self.bare)], check=True)
+        self.git("remote", "add", "origin", str(self.bare))
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "msops.gitserver", "--root", str(self.bare.parent)],
+            stdout=subprocess.PIPE,
+            stderr=(base / "gitserver.log").open("wb"),
+            text=True,
+            env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": "/usr/local/bin:/usr/bin:/bin"},
+        )
+        line = self.server.stdout.readline().strip()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        self.url = f"{line.removeprefix('listening on ')}/model-server-gitops.git"
+
+    def git(self, *args: str) -> str:
+        return subprocess.run([*GIT, *args], cwd=self.work, check=True, capture_output=True, text=True).stdout.strip()
+
+    def commit_and_push(self, path: str, old: str, new: str, message: str) -> str:
+        file = self.work / path
+        text = file.read_text()
+        assert old in text, f"{path} no longer contains {old!r}"
+        file.write_text(text.replace(old, new, 1))
+        self.git("commit", "-qam", message)
+        self.git("push", "-q", "origin", DECL.revision)
+        return self.git("rev-parse", "HEAD")
+
+    def revert_and_push(self) -> str:
+        self.git("revert", "--no-edit", "HEAD")
+        self.git("push", "-q", "origin", DECL.revision)
+        return self.git("rev-parse", "HEAD")
+
+    def stop(self) -> None:
+        self.server.terminate()
+        self.server.wait(timeout=10)
+
+
+def condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+@pytest.fixture(scope="module")
+def remote(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
+    remote = Remote(tmp_path_factory.mktemp("gitops"))
+    # A clean slate for the release Flux will own (the Helm tests installed the same name here).
+    kube.helm("uninstall", DECL.release_name, "-n", ENV.namespace, "--wait", "--ignore-not-found")
+    kube.restricted_namespace(ENV.namespace)
+    source = yaml.safe_load((FLUX / "source" / "gitrepository.yaml").read_text())
+    assert source["spec"]["url"] == DECL.repo_url
+    assert source["spec"]["ref"]["branch"] == DECL.revision
+    source["spec"]["url"] = remote.url
+    release = yaml.safe_load((FLUX / ENV.name / "helmrelease.yaml").read_text())
+    assert release["spec"]["releaseName"] == DECL.release_name
+    assert release["spec"]["targetNamespace"] == ENV.namespace
+    assert release["spec"]["chart"]["spec"]["valuesFiles"] == manifests.flux_values_files(DECL, ENV)
+    release["spec"]["test"]["enable"] = False
+    kube.kubectl("create", "namespace", "flux-system", check=False)
+    kube.apply([source, release])
+    try:
+        yield remote
+    finally:
+        kube.kubectl(
+            "delete",
+            "-f",
+            "-",
+            "--wait=true",
+            "--timeout=120s",
+            input_text=yaml.safe_dump_all([release, source]),
+            check=False,
+        )
+        remote.stop()
+
+
+def reconcile_source(kube: Kube, revision: str) -> None:
+    """What `flux reconcile source git` does: ask for a reconcile now instead of at the next interval."""
+    kube.kubectl(
+        "annotate",
+        "--overwrite",
+        "-n",
+        "flux-system",
+        "gitrepository/model-server-gitops",
+        f"reconcile.fluxcd.io/requestedAt={datetime.now(UTC).isoformat()}",
+    )
+    wait_for(
+        f"GitRepository artifact at {revision[:12]}",
+        lambda: (
+            revision
+            in kube.json("get", "gitrepository", "model-server-gitops", "-n", "flux-system")
+            .get("status", {})
+            .get("artifact", {})
+            .get("revision", "")
+        ),
+        timeout=120,
+    )
+
+
+def release_state(kube: Kube) -> tuple[bool, int | None, int]:
+    hr = kube.json("get", "helmrelease", f"model-server-{ENV.name}", "-n", "flux-system")
+    ready = condition(hr, "Ready").get("status") == "True"
+    deps = kube.json("get", "deployment", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}")
+    items = deps["items"]
+    if not items:
+        return ready, None, 0
+    status = items[0].get("status", {})
+    return ready, items[0]["spec"]["replicas"], status.get("readyReplicas") or 0
+
+
+def flux_status(kube: Kube) -> str:
+    """The Flux objects' conditions, for a failure message."""
+    lines = []
+    for kind in ("gitrepository", "helmchart", "helmrelease"):
+        for obj in kube.json("get", kind, "-n", "flux-system")["items"]:
+            ready = condition(obj, "Ready")
+            lines.append(f"{kind}/{obj['metadata']['name']}: {ready.get('status')} {ready.get('message', '')}")
+    return "\n".join(lines)
+
+
+def test_a_commit_reaches_the_cluster_and_a_revert_rolls_it_back(kube: Kube, remote: Remote):
+    started = time.monotonic()
+    wait_for(
+        "the HelmRelease Ready with 1 ready replica",
+        lambda: release_state(kube) == (True, 1, 1),
+        timeout=240,
+        detail=lambda: flux_status(kube),
+    )
+    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
+    assert [entry["status"] for entry in history] == ["deployed"]
+    installed_at = time.monotonic() - started
+
+    commit = remote.commit_and_push(
+        f"environments/{ENV.name}/values.yaml", "replicaCount: 1", "replicaCount: 2", "dev: two replicas"
+    )
+    reconcile_source(kube, commit)
+    wait_for(
+        "Flux to upgrade the release to 2 replicas",
+        lambda: release_state(kube) == (True, 2, 2),
+        timeout=240,
+        detail=lambda: flux_status(kube),
+    )
+    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
+    assert len(history) == 2
+    assert history[-1]["status"] == "deployed"
+
+    revert = remote.revert_and_push()
+    reconcile_source(kube, revert)
+    wait_for(
+        "Flux to roll the release back to 1 replica",
+        lambda: release_state(kube) == (True, 1, 1),
+        timeout=240,
+        detail=lambda: flux_status(kube),
+    )
+    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
+    assert len(history) == 3
+    assert history[-1]["status"] == "deployed"
+    assert kube.events(ENV.namespace, "FailedCreate") == []
+    print(
+        f"\nflux: installed in {installed_at:.0f} s, commit + revert reconciled in "
+        f"{time.monotonic() - started - installed_at:.0f} s",
+        flush=True,
+    )

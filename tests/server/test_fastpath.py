@@ -1,0 +1,84 @@
+"""The WSGI fast path answers exactly as the Flask views for the same routes would, and skips Flask."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from model_server.app import create_app
+from model_server.middleware import Observability
+from werkzeug.test import Client
+
+from .conftest import ROWS, make_settings
+from .test_routes import JSON, v2_request
+
+BINARY_ROWS = np.asarray(ROWS, dtype="<f8")
+BINARY_JSON = orjson.dumps(
+    {
+        "inputs": [{"name": "input-0", "shape": [3, 10], "datatype": "FP64", "parameters": {"binary_data_size": 240}}],
+        "outputs": [{"name": "predict", "parameters": {"binary_data": True}}],
+    }
+)
+CASES = [
+    ("/predict", orjson.dumps({"instances": ROWS.tolist()}), JSON),
+    ("/v1/models/diabetes:predict", orjson.dumps({"instances": ROWS.tolist()}), JSON),
+    ("/v2/models/diabetes/infer", orjson.dumps(v2_request(ROWS, id="r-1")), JSON),
+    ("/v2/models/diabetes/versions/1/infer", orjson.dumps(v2_request(ROWS)), JSON),
+    (
+        "/v2/models/diabetes/infer",
+        BINARY_JSON + BINARY_ROWS.tobytes(),
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(BINARY_JSON))},
+    ),
+    ("/predict", b"{not json", JSON),
+    ("/predict", b'{"instances": [[1, 1], "x":1}', JSON),
+    ("/predict", b'{"instances": [[1]]}', {"Content-Type": "text/plain"}),
+    ("/predict", orjson.dumps({"instances": [[0.1] * 10] * 101}), JSON),
+    ("/predict", b" " * 70000, JSON),
+    ("/v1/models/other:predict", b"{}", JSON),
+    ("/v2/models/diabetes/versions/9/infer", orjson.dumps(v2_request(ROWS)), JSON),
+    ("/v2/models/diabetes/infer", b"{}", {**JSON, "Inference-Header-Content-Length": "99"}),
+    ("/v2/models/diabetes/infer", b'{"inputs": [{"name": "x"}]}', {"Content-Type": "application/json; charset=utf-8"}),
+]
+
+
+@pytest.fixture
+def stacks(artifact_dir):
+    """The app as served (fast path in front) and the same app with the fast path taken out."""
+    app = create_app(make_settings(artifact_dir, MODEL_SERVER_MAX_ROWS="100", MODEL_SERVER_MAX_BODY_BYTES="65536"))
+    flask_calls = []
+    app.before_request(lambda: flask_calls.append(1))
+    flask_only = Observability(app.wsgi_app.app.app)
+    return Client(app.wsgi_app), Client(flask_only), flask_calls
+
+
+@pytest.mark.parametrize(("path", "body", "headers"), CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+def test_fast_path_answers_as_flask_does(stacks, path, body, headers):
+    fast, flask_only, flask_calls = stacks
+    headers = {**headers, "X-Request-ID": "same-id"}
+    got = fast.post(path, data=body, headers=headers)
+    assert flask_calls == [], "the prediction was answered without entering Flask"
+    want = flask_only.post(path, data=body, headers=headers)
+    assert flask_calls == [1]
+    assert got.status == want.status
+    assert got.get_data() == want.get_data()
+    for header in ("Content-Type", "Content-Length", "X-Request-ID", "Inference-Header-Content-Length"):
+        assert got.headers.get(header) == want.headers.get(header), header
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/predict", 405),
+        ("PUT", "/v2/models/diabetes/infer", 405),
+        ("POST", "/v2/health/live", 405),
+        ("POST", "/nowhere", 404),
+        ("POST", "/v1/models", 405),
+    ],
+)
+def test_everything_else_still_goes_to_flask(stacks, method, path, status):
+    fast, _, _ = stacks
+    response = fast.open(path, method=method)
+    assert response.status_code == status
+    assert "error" in response.get_json()
+    # Routing errors are raised before Flask's before_request hooks; the JSON shape proves Flask answered.
+    assert response.headers["Content-Type"] == "application/json"
