@@ -20,22 +20,31 @@ BENCH_VENV = ROOT / ".venv-bench"
 SHAPES = {"v1-1": ("v1", 1), "v1-100": ("v1", 100), "v2-1": ("v2", 1), "v2-100": ("v2", 100)}
 
 
+def _ours(name: str, args: argparse.Namespace, model_dir: Path, scratch: Path, extra: dict[str, str]) -> Server:
+    """This server with its production gunicorn config; ``extra`` overrides settings."""
+    return Server(
+        name,
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+        {
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "MODEL_SERVER_MODEL_DIR": str(model_dir),
+            "MODEL_SERVER_WORKERS": str(args.workers),
+            "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
+            **extra,
+        },
+        IMAGE,
+        0,
+    )
+
+
 def servers(args: argparse.Namespace, model_dir: Path, scratch: Path) -> list[Server]:
     python = sys.executable
     candidates = {
-        "ours": Server(
-            "ours",
-            [python, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            {
-                "HOST": "127.0.0.1",
-                "PORT": "0",
-                "MODEL_SERVER_MODEL_DIR": str(model_dir),
-                "MODEL_SERVER_WORKERS": str(args.workers),
-                "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"),
-            },
-            IMAGE,
-            0,
-        ),
+        "ours": _ours("ours", args, model_dir, scratch, {}),
+        # The same server without keep-alive: every request on a new connection, accepted by
+        # whichever worker is free (a shared queue), which trades throughput for a shorter tail.
+        "ours-no-keepalive": _ours("ours-no-keepalive", args, model_dir, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
         "naive": Server(
             "naive",
             [python, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "sync", "bench.naive:app"],
@@ -138,7 +147,9 @@ def report(results: dict[tuple[str, str], list[Sample]], chosen: list[Server], a
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--servers", default="ours,naive,kserve,mlserver", help="comma list (peers need --install-peers)"
+        "--servers",
+        default="ours,ours-no-keepalive,naive,kserve,mlserver",
+        help="comma list (peers need --install-peers)",
     )
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     parser.add_argument("--rounds", type=int, default=3)

@@ -55,11 +55,13 @@ def child_exit(server, worker):
     metrics.worker_exited(worker.pid, metrics_dir)
 
 
-def post_request(worker, req, environ, resp):
-    # Fairness for gevent: when a keep-alive client's next request is already waiting, the greenlet
-    # would read and serve it without ever yielding, starving every other connection of the worker
-    # (p99 in the hundreds of ms). Yielding once per request puts it at the back of the run queue.
-    if settings.worker_class == "gevent":
+if settings.worker_class == "gevent" and settings.keepalive > 0:
+
+    def post_request(worker, req, environ, resp):
+        # Fairness for gevent: when a keep-alive client's next request is already waiting, the
+        # greenlet would read and serve it without ever yielding, starving every other connection of
+        # the worker (p99 in the hundreds of ms). Yielding once per request puts it at the back of
+        # the run queue. Without keep-alive each connection ends after one request: nothing to do.
         import gevent
 
         gevent.sleep(0)

@@ -124,6 +124,13 @@ class ModelHolder:
     def predict(self, matrix: np.ndarray, protocol: str) -> np.ndarray:
         """Predictions for a validated matrix (float64, finite, the model's width)."""
         assert self._predict is not None
-        predictions = np.asarray(self._predict(matrix))
+        # Finite inputs can still overflow (1e308 * a coefficient): refuse those rows by number
+        # instead of answering null (JSON has no infinity) or logging a RuntimeWarning per request.
+        with np.errstate(over="ignore", invalid="ignore"):
+            predictions = np.asarray(self._predict(matrix))
+        if predictions.dtype.kind == "f" and not np.isfinite(predictions).all():
+            bad = np.flatnonzero(~np.isfinite(predictions.reshape(len(matrix), -1)).all(axis=1))
+            rows = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+            raise ClientError(422, f"row(s) {rows} give a non-finite prediction: input values too large for this model")
         metrics.rows_predicted(protocol).inc(len(matrix))
         return predictions

@@ -109,7 +109,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(cluster.KUBECONFIG)
     elif args.action == "build":
         for name in args.names or gobuild.COMPONENTS:
-            print(gobuild.build(name, log=cluster.log))
+            cluster.log(f"{name} {gobuild.COMPONENTS[name].version}: {gobuild.build(name, log=cluster.log)}")
     elif args.action == "wrap":
         for name in args.names:
             print(gobuild.wrap(name))

@@ -140,6 +140,8 @@ def test_request_id_is_echoed_or_generated(client):
             400,
             "byte count",
         ),
+        ("post", "/predict", {"instances": [[0.1] * 10, [1e308] * 10]}, JSON, 422, "row(s) 1 give a non-finite"),
+        ("post", "/v2/models/diabetes/infer", v2_request([[-1e308] * 10]), JSON, 422, "row(s) 0 give a non-finite"),
     ],
 )
 def test_errors_are_json_with_the_right_status(client, method, url, body, headers, status, fragment):
