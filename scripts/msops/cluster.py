@@ -282,11 +282,15 @@ def up(*, with_flux: bool = False, nodes: int = 3) -> None:
         log_hint = STATE / "kwok" / "clusters" / NAME / "logs"
         down(quiet=True)
         raise OpsError(f"kwokctl create cluster failed (logs: {log_hint}):\n{(done.stderr or done.stdout).strip()}")
-    kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(_node(i) for i in range(nodes)))
-    kubectl("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
-    install_crds()
-    if with_flux:
-        start_flux(bins)
+    try:
+        kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(_node(i) for i in range(nodes)))
+        kubectl("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
+        install_crds()
+        if with_flux:
+            start_flux(bins)
+    except BaseException:
+        down(quiet=True)  # no half-started cluster left behind
+        raise
     log(f"up in {time.monotonic() - started:.0f} s; export KUBECONFIG={KUBECONFIG}")
 
 

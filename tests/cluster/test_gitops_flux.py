@@ -159,43 +159,31 @@ def flux_status(kube: Kube) -> str:
     return "\n".join(lines)
 
 
-def test_a_commit_reaches_the_cluster_and_a_revert_rolls_it_back(kube: Kube, remote: Remote):
-    started = time.monotonic()
+def settled(kube: Kube, replicas: int, what: str) -> list[str]:
+    """Wait for the HelmRelease Ready with ``replicas`` ready; return Helm's history statuses."""
     wait_for(
-        "the HelmRelease Ready with 1 ready replica",
-        lambda: release_state(kube) == (True, 1, 1),
+        what,
+        lambda: release_state(kube) == (True, replicas, replicas),
         timeout=240,
         detail=lambda: flux_status(kube),
     )
     history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
-    assert [entry["status"] for entry in history] == ["deployed"]
+    return [entry["status"] for entry in history]
+
+
+def test_a_commit_reaches_the_cluster_and_a_revert_rolls_it_back(kube: Kube, remote: Remote):
+    started = time.monotonic()
+    assert settled(kube, 1, "the HelmRelease Ready with 1 ready replica") == ["deployed"]
     installed_at = time.monotonic() - started
 
     commit = remote.commit_and_push(
         f"environments/{ENV.name}/values.yaml", "replicaCount: 1", "replicaCount: 2", "dev: two replicas"
     )
     reconcile_source(kube, commit)
-    wait_for(
-        "Flux to upgrade the release to 2 replicas",
-        lambda: release_state(kube) == (True, 2, 2),
-        timeout=240,
-        detail=lambda: flux_status(kube),
-    )
-    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
-    assert len(history) == 2
-    assert history[-1]["status"] == "deployed"
+    assert settled(kube, 2, "Flux to upgrade the release to 2 replicas") == ["superseded", "deployed"]
 
-    revert = remote.revert_and_push()
-    reconcile_source(kube, revert)
-    wait_for(
-        "Flux to roll the release back to 1 replica",
-        lambda: release_state(kube) == (True, 1, 1),
-        timeout=240,
-        detail=lambda: flux_status(kube),
-    )
-    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
-    assert len(history) == 3
-    assert history[-1]["status"] == "deployed"
+    reconcile_source(kube, remote.revert_and_push())
+    assert settled(kube, 1, "Flux to roll the release back to 1 replica") == ["superseded", "superseded", "deployed"]
     assert kube.events(ENV.namespace, "FailedCreate") == []
     print(
         f"\nflux: installed in {installed_at:.0f} s, commit + revert reconciled in "
