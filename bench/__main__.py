@@ -107,8 +107,9 @@ def median_range(values: list[float], fmt: str) -> str:
 
 def report(results: dict[tuple[str, str], list[Sample]], chosen: list[Server], args: argparse.Namespace) -> str:
     lines = [
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.workers} workers each, "
-        f"{args.rounds} interleaved rounds: median (min–max)",
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
+        + (f", {args.delay_ms:g} ms pause per connection between requests" if args.delay_ms else "")
+        + f", {args.workers} workers each, {args.rounds} interleaved rounds: median (min–max)",
         "",
         "| shape | server | req/s | × naive | p50 ms | p99 ms | errors | server CPU µs/req |",
         "|---|---|---|---|---|---|---|---|",
@@ -157,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes, the same for every server")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="each connection pauses this long between requests: compare latency below saturation",
+    )
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         parser.error("wrk is not installed (apt-get install wrk)")
@@ -165,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown shape {shape!r}")
     if not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
         parser.error("--rounds must be 1..20 and --duration 1..120")
+    if not 0 <= args.delay_ms <= 1000:
+        parser.error("--delay-ms must be 0..1000")
 
     sys.path.insert(0, str(IMAGE))
     from model_server import artifact, train
@@ -194,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                             connections=args.connections,
                             threads=args.threads,
                             workers=args.workers,
+                            delay_ms=args.delay_ms,
                         )
                         results.setdefault((shape, server.name), []).append(sample)
                         print(
