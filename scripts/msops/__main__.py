@@ -99,6 +99,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    unknown = [name for name in args.names if name not in gobuild.COMPONENTS]
+    if unknown:
+        raise OpsError(f"unknown component(s) {', '.join(unknown)} (known: {', '.join(gobuild.COMPONENTS)})")
+    if args.names and args.action not in ("build", "wrap"):
+        raise OpsError(f"'{args.action}' takes no component names")
+    if not 1 <= args.nodes <= 50:
+        raise OpsError(f"--nodes must be 1..50, not {args.nodes}")
     if args.action == "up":
         cluster.up(with_flux=args.flux, nodes=args.nodes)
     elif args.action == "down":
@@ -111,6 +118,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         for name in args.names or gobuild.COMPONENTS:
             cluster.log(f"{name} {gobuild.COMPONENTS[name].version}: {gobuild.build(name, log=cluster.log)}")
     elif args.action == "wrap":
+        if not args.names:
+            raise OpsError(f"name the wrapper(s) to regenerate: {', '.join(gobuild.COMPONENTS)}")
         for name in args.names:
             print(gobuild.wrap(name))
     return 0
