@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map
 
+from . import v2
 from .errors import ClientError
 from .middleware import ROUTE_ENVIRON_KEY
 from .routes import Handler
@@ -38,6 +39,8 @@ def _error(status: int, message: str) -> tuple[str, list[tuple[str, str]], bytes
 
 
 _OK = _status_line(200)
+# The V2 binary extension's header as WSGI names it (Flask reads the same header through request.headers).
+_BINARY_HEADER_KEY = "HTTP_" + v2.BINARY_HEADER.upper().replace("-", "_")
 _MATCH_CACHE_SIZE = 256
 
 
@@ -75,7 +78,7 @@ class PredictionFastPath:
             raw = self._read_body(environ)
             content_type = environ.get("CONTENT_TYPE", "")
             mimetype = content_type.split(";", 1)[0].strip().lower()
-            body, headers = handler(raw, mimetype, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), args)
+            body, headers = handler(raw, mimetype, environ.get(_BINARY_HEADER_KEY), args)
             status = _OK
             headers.append(("Content-Length", str(len(body))))
         except ClientError as exc:

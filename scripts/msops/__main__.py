@@ -189,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     except OpsError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `msops ... | head`: the reader left; nothing more to say (and no traceback about it).
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

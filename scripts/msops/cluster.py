@@ -76,16 +76,15 @@ def binaries(with_flux: bool = False) -> dict[str, Path]:
     return found
 
 
+def _kubectl_run(args: tuple[str, ...], input_text: str | None = None) -> subprocess.CompletedProcess:
+    binary = gobuild.bin_dir("kubernetes") / "kubectl"
+    argv = [str(binary), "--kubeconfig", str(KUBECONFIG), *args]
+    return subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
+
+
 def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> str:
     """Run the cluster's own kubectl against the cluster's kubeconfig."""
-    binary = gobuild.bin_dir("kubernetes") / "kubectl"
-    done = subprocess.run(
-        [str(binary), "--kubeconfig", str(KUBECONFIG), *args],
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _kubectl_run(args, input_text)
     if check and done.returncode != 0:
         raise OpsError(f"kubectl {' '.join(args)} failed: {(done.stderr or done.stdout).strip()}")
     return done.stdout
@@ -108,15 +107,9 @@ def processes() -> dict[str, tuple[int, bool]]:
 
 
 def api_ready() -> bool:
-    if not KUBECONFIG.is_file() or not gobuild.bin_dir("kubernetes").joinpath("kubectl").is_file():
+    if not KUBECONFIG.is_file() or not (gobuild.bin_dir("kubernetes") / "kubectl").is_file():
         return False
-    done = subprocess.run(
-        [str(gobuild.bin_dir("kubernetes") / "kubectl"), "--kubeconfig", str(KUBECONFIG), "get", "--raw", "/readyz"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
+    done = _kubectl_run(("--request-timeout=10s", "get", "--raw", "/readyz"))
     return done.returncode == 0 and done.stdout.strip() == "ok"
 
 
