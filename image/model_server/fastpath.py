@@ -1,7 +1,7 @@
 """The prediction routes served at the WSGI layer, in front of Flask.
 
-A prediction spends ~15 us parsing, predicting and encoding, and was spending ~100 us in Flask's
-request/response machinery around it (context push, hooks, Request and Response objects). This layer
+A prediction spends ~15 us parsing, predicting and encoding, and was spending several times that in
+Flask's request/response machinery around it (context push, hooks, Request and Response objects). This layer
 answers POSTs to the prediction endpoints straight from the WSGI environ with the same handlers the
 Flask views call (``v1_handler`` / ``infer_handler`` in routes.py); the routes themselves stay
 in Flask's URL map, which decides what matches, so routing has one source of truth. Everything
