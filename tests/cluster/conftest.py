@@ -54,6 +54,11 @@ class Kube:
         docs = docs if isinstance(docs, list) else [docs]
         return self.kubectl("apply", *extra, "-f", "-", input_text=yaml.safe_dump_all(docs))
 
+    def status(self) -> str:
+        """`scripts/cluster status` of this cluster (which must be healthy)."""
+        done = self.run([str(CLUSTER), "status"])
+        return done.stdout
+
     def restricted_namespace(self, name: str) -> None:
         """A namespace that enforces the restricted Pod Security Standard, as the issue's clusters do."""
         labels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")}
@@ -96,7 +101,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     try:
         yield kube
     finally:
-        status = subprocess.run([str(CLUSTER), "status"], env=kube.env, capture_output=True, text=True, cwd=ROOT)
+        status = kube.run([str(CLUSTER), "status"], check=False)
         pids = [int(pid) for pid in re.findall(r"pid (\d+)", status.stdout)]
         subprocess.run([str(CLUSTER), "down"], env=kube.env, capture_output=True, cwd=ROOT)
     # `down` stops every process the cluster started, and leaves no state behind.

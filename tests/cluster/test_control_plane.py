@@ -9,8 +9,7 @@ import subprocess
 import pytest
 from msops import gobuild
 
-from tests.cluster.conftest import CLUSTER, Kube
-from tests.kube import ROOT
+from tests.cluster.conftest import Kube
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -26,16 +25,14 @@ COMPONENTS = {
 
 
 def test_status_lists_every_component_running(kube: Kube):
-    status = subprocess.run([str(CLUSTER), "status"], env=kube.env, capture_output=True, text=True, cwd=ROOT)
-    assert status.returncode == 0, status.stdout + status.stderr
-    running = set(re.findall(r"^(\S+)\s+pid \d+\s+running$", status.stdout, re.M))
-    assert running >= COMPONENTS, status.stdout
-    assert re.search(r"^kube-apiserver /readyz\s+ok$", status.stdout, re.M), status.stdout
+    status = kube.status()
+    running = set(re.findall(r"^(\S+)\s+pid \d+\s+running$", status, re.M))
+    assert running >= COMPONENTS, status
+    assert re.search(r"^kube-apiserver /readyz\s+ok$", status, re.M), status
 
 
 def test_every_process_listens_on_loopback_only(kube: Kube):
-    status = subprocess.run([str(CLUSTER), "status"], env=kube.env, capture_output=True, text=True, cwd=ROOT)
-    pids = {int(pid) for pid in re.findall(r"pid (\d+)\s+running", status.stdout)}
+    pids = {int(pid) for pid in re.findall(r"pid (\d+)\s+running", kube.status())}
     sockets = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
     ours = [line for line in sockets.splitlines() if any(f"pid={pid}," in line for pid in pids)]
     assert ours, "the cluster's processes listen somewhere"

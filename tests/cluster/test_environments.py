@@ -73,8 +73,9 @@ def model_store(kube: Kube, env: environments.Environment) -> None:
     )
 
 
-def helm_args(env: environments.Environment) -> list[str]:
-    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", env.namespace]
+def helm_args(env: environments.Environment, namespace: str | None = None) -> list[str]:
+    """Release, chart, namespace and values files exactly as the declaration gives them."""
+    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", namespace or env.namespace]
     for file in env.values_files:
         args += ["--values", str(ROOT / file)]
     return args
@@ -235,10 +236,9 @@ def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path)
             }
         )
     )
-    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", namespace]
-    for file in dev.values_files:
-        args += ["--values", str(ROOT / file)]
-    kube.helm("install", *args, "--values", str(extra), "--wait", "--timeout", "4m", binary="helm4")
+    kube.helm(
+        "install", *helm_args(dev, namespace), "--values", str(extra), "--wait", "--timeout", "4m", binary="helm4"
+    )
     routes = kube.json("get", "httproute", "-n", namespace)["items"]
     assert [r["spec"]["hostnames"] for r in routes] == [["model.dev.example.com"]]
     assert kube.events(namespace, "FailedCreate") == []
