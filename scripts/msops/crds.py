@@ -9,8 +9,6 @@ the manifests in this repository use.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 from . import gobuild
@@ -72,8 +70,5 @@ def paths() -> list[Path]:
     """Local paths of every CRD manifest, downloading the modules through the Go proxy when needed."""
     found: list[Path] = []
     for module, version, files in SOURCES:
-        info = json.loads(
-            gobuild.go(["mod", "download", "-json", f"{module}@{version}"], cwd=Path(tempfile.gettempdir()))
-        )
-        found += [Path(info["Dir"]) / name for name in files]
+        found += [Path(gobuild.download(module, version)["Dir"]) / name for name in files]
     return found

@@ -109,9 +109,13 @@ def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+def download(module: str, version: str) -> dict[str, str]:
+    """`go mod download -json` of one module: its "Dir" (sources) and "GoMod" paths in the module cache."""
+    return json.loads(go(["mod", "download", "-json", f"{module}@{version}"], cwd=Path(tempfile.gettempdir())))
+
+
 def _upstream_gomod(module: str, version: str) -> str:
-    info = json.loads(go(["mod", "download", "-json", f"{module}@{version}"], cwd=Path(tempfile.gettempdir())))
-    return Path(info["GoMod"]).read_text()
+    return Path(download(module, version)["GoMod"]).read_text()
 
 
 _REPLACE_LINE = re.compile(r"^\s*(?:replace\s+)?(\S+)(?:\s+(\S+))?\s+=>\s+(\S+)(?:\s+(\S+))?\s*$")
@@ -223,7 +227,11 @@ def build(name: str, *, log=lambda message: print(message, file=sys.stderr)) -> 
         log(f"building {binary} {component.version} ({index}/{len(todo)} of {name}; once, then cached in {CACHE})")
         partial = directory / f".{binary}.partial"
         if component.wrapped:
-            go(["build", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package], cwd=WRAPPERS / name)
+            # readonly: the committed go.mod/go.sum decide every dependency; a build never rewrites them.
+            go(
+                ["build", "-mod=readonly", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package],
+                cwd=WRAPPERS / name,
+            )
         else:
             with tempfile.TemporaryDirectory() as gobin:
                 go(

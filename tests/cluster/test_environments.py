@@ -8,6 +8,7 @@ becomes Available.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ ENVS = list(DECL.environments.values())
 CHART_DEFAULTS = yaml.safe_load((ROOT / DECL.chart / "values.yaml").read_text())
 
 
+@functools.cache
 def effective_values(env: environments.Environment) -> dict:
+    """Chart defaults with the environment's values files over them (read once per environment)."""
     return values.coalesce(CHART_DEFAULTS, values.environment_values(env))
 
 
@@ -113,7 +116,6 @@ def replica_sets(kube: Kube, env: environments.Environment, dep: dict) -> dict[s
 @pytest.fixture(scope="module")
 def installed(kube: Kube) -> dict[str, dict]:
     """Each environment installed once (helm install --wait); the tests below inspect and then roll it."""
-    kube.kubectl("create", "namespace", "monitoring", check=False)
     deployments = {}
     for env in ENVS:
         kube.restricted_namespace(env.namespace)
