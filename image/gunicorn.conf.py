@@ -56,15 +56,12 @@ def child_exit(server, worker):
 
 
 if settings.worker_class == "gevent" and settings.keepalive > 0:
+    # One turn per connection per event-loop iteration, or busy keep-alive connections starve the
+    # rest of the worker's (model_server/fairness.py). Without keep-alive each connection ends
+    # after one request: nothing to share.
+    from model_server import fairness
 
-    def post_request(worker, req, environ, resp):
-        # Fairness for gevent: when a keep-alive client's next request is already waiting, the
-        # greenlet would read and serve it without ever yielding, starving every other connection of
-        # the worker (p99 in the hundreds of ms). Yielding once per request puts it at the back of
-        # the run queue. Without keep-alive each connection ends after one request: nothing to do.
-        import gevent
-
-        gevent.sleep(0)
+    post_request = fairness.yield_to_other_connections
 
 
 def pre_fork(server, worker):
