@@ -43,7 +43,7 @@ def servers(args: argparse.Namespace, model_dir: Path, scratch: Path) -> list[Se
     candidates = {
         "ours": _ours("ours", args, model_dir, scratch, {}),
         # The same server without keep-alive: every request on a new connection, accepted by
-        # whichever worker is free (a shared queue), which trades throughput for a shorter tail.
+        # whichever worker is free. Shows what keep-alive is worth (MODEL_SERVER_KEEPALIVE=0).
         "ours-no-keepalive": _ours("ours-no-keepalive", args, model_dir, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
         "naive": Server(
             "naive",
