@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import logs, routes
 from .config import Settings
-from .errors import ClientError
+from .errors import ClientError, status_and_message
 from .fastpath import PredictionFastPath
 from .middleware import ROUTE_ENVIRON_KEY, Observability
 from .model import ModelHolder
@@ -43,13 +43,15 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         if current.url_rule is not None:
             current.environ[ROUTE_ENVIRON_KEY] = current.url_rule.rule
 
-    @app.errorhandler(ClientError)
-    def client_error(exc: ClientError) -> Response:
-        return json_response({"error": exc.message}, exc.status)
+    def error_response(exc: Exception) -> Response:
+        status, message = status_and_message(exc)
+        return json_response({"error": message}, status)
+
+    app.register_error_handler(ClientError, error_response)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        response = json_response({"error": f"{exc.name}: {exc.description}"}, exc.code or 500)
+        response = error_response(exc)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_response({"error": "internal server error"}, 500)
+        return error_response(exc)
 
     handlers = routes.register(app, holder, settings)
     fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes)

@@ -1,4 +1,6 @@
-"""The one exception type for errors a client can cause."""
+"""The one exception type for errors a client can cause, and what a client is told for any error."""
+
+from werkzeug.exceptions import HTTPException
 
 
 class ClientError(Exception):
@@ -12,3 +14,12 @@ class ClientError(Exception):
 
 class ArtifactError(Exception):
     """A model artifact that cannot be served: missing, tampered, incompatible or unsafe."""
+
+
+def status_and_message(exc: BaseException) -> tuple[int, str]:
+    """The status and ``{"error": ...}`` message for ``exc``, the same from Flask and from the fast path."""
+    if isinstance(exc, ClientError):
+        return exc.status, exc.message
+    if isinstance(exc, HTTPException):
+        return exc.code or 500, f"{exc.name}: {exc.description}"
+    return 500, "internal server error"  # details go to the log, never to the client

@@ -20,7 +20,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map
 
 from . import v2
-from .errors import ClientError
+from .errors import ClientError, status_and_message
 from .middleware import ROUTE_ENVIRON_KEY
 from .routes import Handler
 
@@ -81,13 +81,10 @@ class PredictionFastPath:
             body, headers = handler(raw, mimetype, environ.get(_BINARY_HEADER_KEY), args)
             status = _OK
             headers.append(("Content-Length", str(len(body))))
-        except ClientError as exc:
-            status, headers, body = _error(exc.status, exc.message)
-        except HTTPException as exc:
-            status, headers, body = _error(exc.code or 500, f"{exc.name}: {exc.description}")
-        except Exception:
-            log.exception("unhandled error on POST %s", environ.get("PATH_INFO"))
-            status, headers, body = _error(500, "internal server error")
+        except Exception as exc:
+            if not isinstance(exc, ClientError | HTTPException):
+                log.exception("unhandled error on POST %s", environ.get("PATH_INFO"))
+            status, headers, body = _error(*status_and_message(exc))
         start_response(status, headers)
         return [body]
 
