@@ -22,6 +22,8 @@ TOOLS=(
   "kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.7.0|"
   "helm-docs|github.com/norwoodj/helm-docs/cmd/helm-docs|v1.14.2|-X main.version=v1.14.2"
   "actionlint|github.com/rhysd/actionlint/cmd/actionlint|v1.7.12|-X github.com/rhysd/actionlint.version=v1.7.12"
+  # Prometheus' Go module tags v0.3MM.P for release 3.MM.P; promtool checks the chart's alert rules.
+  "promtool|github.com/prometheus/prometheus/cmd/promtool|v0.316.0|-X github.com/prometheus/common/version.Version=3.16.0"
 )
 
 check_only=false

@@ -23,11 +23,47 @@
 
 {{/* Labels on every object. */}}
 {{- define "model-server.labels" -}}
-helm.sh/chart: {{ include "model-server.chart" . }}
+{{ include "model-server.commonLabels" . }}
 {{ include "model-server.selectorLabels" . }}
+{{- end }}
+
+{{/* Labels every object carries besides the selector: chart, version, manager, commonLabels. */}}
+{{- define "model-server.commonLabels" -}}
+helm.sh/chart: {{ include "model-server.chart" . }}
 app.kubernetes.io/version: {{ include "model-server.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: model-server-gitops
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of an object that adds its own (dict "extra" ... "context" $), each key once: the selector
+labels win (a selector must keep matching), then its own, then the common ones.
+*/}}
+{{- define "model-server.labelsWith" -}}
+{{- $selector := fromYaml (include "model-server.selectorLabels" .context) }}
+{{- toYaml (merge $selector (deepCopy (.extra | default dict)) (fromYaml (include "model-server.labels" .context))) }}
+{{- end }}
+
+{{/*
+An object's annotations block: its own (dict "own" ...) over commonAnnotations; nothing when both are empty.
+Call, right after labels: {{- include "model-server.annotations" (dict "own" .Values.x.annotations "context" $) }}
+*/}}
+{{- define "model-server.annotations" -}}
+{{- $all := merge (dict) (deepCopy (.own | default dict)) (deepCopy (.context.Values.commonAnnotations | default dict)) }}
+{{- with $all }}
+{{- printf "annotations:\n%s" (toYaml . | indent 2) | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the helm test Pod: deliberately not the selector labels, so no Service, PDB or NetworkPolicy selects it. */}}
+{{- define "model-server.testLabels" -}}
+{{ include "model-server.commonLabels" . }}
+app.kubernetes.io/name: {{ include "model-server.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
 {{- end }}
 
 {{/* Selector labels: never a version, since a Deployment's selector is immutable. */}}
@@ -48,13 +84,75 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{/* image.repository, its registry replaced by global.imageRegistry when that is set. */}}
+{{- define "model-server.repository" -}}
+{{- $repository := .Values.image.repository }}
+{{- with .Values.global.imageRegistry }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $repository = join "/" (rest $parts) }}
+{{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- $repository }}
+{{- end }}
+
 {{/* repository:tag, or repository@digest when a digest is pinned (the digest wins). */}}
 {{- define "model-server.image" -}}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" (include "model-server.repository" .) .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (include "model-server.imageTag" .) }}
+{{- printf "%s:%s" (include "model-server.repository" .) (include "model-server.imageTag" .) }}
 {{- end }}
+{{- end }}
+
+{{/* global.imagePullSecrets then imagePullSecrets, each name once. */}}
+{{- define "model-server.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat .Values.global.imagePullSecrets .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range uniq $names }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Extra containers (list, context): each through tpl; one without a securityContext gets the chart's.
+*/}}
+{{- define "model-server.extraContainers" -}}
+{{- $context := .context }}
+{{- $containers := list }}
+{{- range .containers }}
+{{- $container := deepCopy . }}
+{{- if not (hasKey $container "securityContext") }}
+{{- $_ := set $container "securityContext" $context.Values.securityContext }}
+{{- end }}
+{{- $containers = append $containers $container }}
+{{- end }}
+{{- if $containers }}
+{{- tpl (toYaml $containers) $context }}
+{{- end }}
+{{- end }}
+
+{{/* sha256 over the looked-up data of rolloutOn.configMaps and .secrets (names only where lookup sees nothing). */}}
+{{- define "model-server.referencedChecksum" -}}
+{{- $seen := list }}
+{{- range .Values.rolloutOn.configMaps }}
+{{- $object := lookup "v1" "ConfigMap" $.Release.Namespace . | default dict }}
+{{- $seen = append $seen (list "ConfigMap" . (get $object "data") (get $object "binaryData")) }}
+{{- end }}
+{{- range .Values.rolloutOn.secrets }}
+{{- $object := lookup "v1" "Secret" $.Release.Namespace . | default dict }}
+{{- $seen = append $seen (list "Secret" . (get $object "data")) }}
+{{- end }}
+{{- toJson $seen | sha256sum }}
+{{- end }}
+
+{{/* The label selector alerts and dashboards use for this release's scraped series. */}}
+{{- define "model-server.seriesSelector" -}}
+namespace="{{ .Release.Namespace }}",service="{{ include "model-server.fullname" . }}"
 {{- end }}
 
 {{/* Directory the server loads the artifact from. */}}
@@ -117,5 +215,18 @@ Checks the schema cannot express. Each failure names the values involved.
 {{- end }}
 {{- if and $v.httpRoute.enabled (not $v.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" }}
+{{- end }}
+{{- if and $v.serviceMonitor.enabled $v.networkPolicy.enabled (not $v.networkPolicy.metricsScraper.namespace) }}
+{{- fail "serviceMonitor.enabled with networkPolicy.enabled: the policy admits no scraper, so Prometheus gets no metrics; set networkPolicy.metricsScraper.namespace to Prometheus' namespace" }}
+{{- end }}
+{{- if and $v.httpRoute.enabled $v.networkPolicy.enabled (not $v.networkPolicy.gatewayNamespace) }}
+{{- fail "httpRoute.enabled with networkPolicy.enabled: the policy drops every request the Gateway forwards; set networkPolicy.gatewayNamespace to the namespace of the Gateway's proxy pods" }}
+{{- end }}
+{{- if and $v.ingress.enabled $v.networkPolicy.enabled (not $v.networkPolicy.ingressControllerNamespace) }}
+{{- fail "ingress.enabled with networkPolicy.enabled: the policy drops every request the ingress controller forwards; set networkPolicy.ingressControllerNamespace to the controller's namespace" }}
+{{- end }}
+{{- $resizing := list "Auto" "Recreate" "InPlaceOrRecreate" }}
+{{- if and $v.verticalPodAutoscaler.enabled (has $v.verticalPodAutoscaler.updateMode $resizing) $v.autoscaling.enabled (or $v.autoscaling.targetCPUUtilizationPercentage $v.autoscaling.targetMemoryUtilizationPercentage) }}
+{{- fail (printf "verticalPodAutoscaler.updateMode=%s resizes the requests the HPA's CPU/memory utilisation targets are measured against, so the two fight; set verticalPodAutoscaler.updateMode to Off (recommendations only) or turn autoscaling off" $v.verticalPodAutoscaler.updateMode) }}
 {{- end }}
 {{- end }}

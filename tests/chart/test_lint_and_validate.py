@@ -48,8 +48,23 @@ def test_ci_matrix_turns_every_optional_feature_on():
         "Ingress",
         "HTTPRoute",
         "ServiceMonitor",
+        "PrometheusRule",
         "Pod",
     }
+
+
+def test_chart_yaml_meets_the_chart_testing_rules():
+    # What `ct lint` checks in Chart.yaml (its yamale schema), without needing ct itself.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == CHART.name.replace("chart", "model-server")
+    assert re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", chart["version"]), chart["version"]
+    assert chart["description"]
+    assert chart["type"] in ("application", "library")
+    assert chart["maintainers"]
+    assert all(m.get("name") for m in chart["maintainers"])
+    assert chart["kubeVersion"].startswith(">=")
+    assert all(url.startswith("https://") for url in chart.get("sources", []))
 
 
 @pytest.mark.parametrize("binary", HELMS)

@@ -64,8 +64,8 @@ def test_security_defaults(defaults):
 def test_labels_and_selector_never_carry_a_version(defaults):
     for doc in defaults:
         labels = doc["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "model-server"
-        assert labels["helm.sh/chart"] == "model-server-0.1.0"
+        assert labels["app.kubernetes.io/name"] == ("model-server-test" if doc["kind"] == "Pod" else "model-server")
+        assert labels["helm.sh/chart"] == "model-server-0.2.0"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
     assert "app.kubernetes.io/version" not in one(defaults, "Deployment")["spec"]["selector"]["matchLabels"]
     assert "app.kubernetes.io/version" not in one(defaults, "Service")["spec"]["selector"]
@@ -177,7 +177,7 @@ def test_pdb_uses_max_unavailable_unless_min_available_is_chosen():
 def test_network_policy_denies_everything_but_listed_sources():
     docs = template("chart/ci/pvc-values.yaml")
     policy = one(docs, "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]  # pvc-values lists egress rules
     rule = policy["spec"]["ingress"][0]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     namespaces = [
@@ -187,7 +187,7 @@ def test_network_policy_denies_everything_but_listed_sources():
     ]
     assert namespaces == ["frontend", "ingress-nginx", "monitoring"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}} in rule["from"]
-    denied = one(template(sets=("networkPolicy.enabled=true",)), "NetworkPolicy")
+    denied = one(template(sets=("networkPolicy.enabled=true", "tests.enabled=false")), "NetworkPolicy")
     assert denied["spec"]["ingress"] == []
 
 
@@ -198,7 +198,14 @@ def test_ingress_and_httproute_point_at_the_service():
     assert ingress["spec"]["ingressClassName"] == "nginx"
     route = one(template("chart/ci/existing-claim-values.yaml"), "HTTPRoute")
     assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateway"}]
-    assert [m["path"]["value"] for m in route["spec"]["rules"][0]["matches"]] == ["/v1", "/v2"]
+    assert [m["path"]["value"] for m in route["spec"]["rules"][0]["matches"]] == ["/v2/models/penguins", "/v2/health"]
+    prefixes = one(
+        template(
+            sets=("httpRoute.enabled=true", "httpRoute.parentRefs[0].name=gw", "httpRoute.pathPrefixes={/v1,/v2}")
+        ),
+        "HTTPRoute",
+    )
+    assert [m["path"]["value"] for m in prefixes["spec"]["rules"][0]["matches"]] == ["/v1", "/v2"]
 
 
 def test_service_monitor_scrapes_metrics():

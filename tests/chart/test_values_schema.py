@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.kube import HELMS, template_error
+from tests.kube import HELMS, template, template_error
 
 
 @pytest.mark.parametrize("binary", HELMS)
@@ -22,6 +22,17 @@ from tests.kube import HELMS, template_error
         ("ingress:\n  hosts:\n    - paths: []", "host"),
         ("typoKey: 1", "typoKey"),
         ("resources:\n  requests:\n    cpu: lots", "cpu"),
+        ("model:\n  mode: image\n  sha256: ABC", "sha256"),
+        ("server:\n  defaultOutputs: [predict_log_proba]", "defaultOutputs"),
+        ("server:\n  defaultOutputs: []", "defaultOutputs"),
+        ("server:\n  trustedTypes: ['os.system; rm']", "trustedTypes"),
+        ("commonLabels:\n  app.kubernetes.io/name: other", "app.kubernetes.io/name"),
+        ("global:\n  imageRegistry: https://mirror.example.com", "imageRegistry"),
+        ("prometheusRule:\n  latency:\n    thresholdSeconds: 0.3", "thresholdSeconds"),
+        ("httpRoute:\n  timeouts:\n    request: soon", "request"),
+        ("serviceMonitor:\n  scheme: ftp", "scheme"),
+        ("extraContainers:\n  - image: x", "name"),
+        ("rolloutOn:\n  configMaps: [a, a]", "configMaps"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(tmp_path, binary, values_text, fragment):
@@ -55,7 +66,52 @@ def test_schema_rejects_bad_values_naming_the_key(tmp_path, binary, values_text,
         (("service.nodePort=30001",), "service.type is ClusterIP"),
         (("ingress.enabled=true",), "ingress.hosts"),
         (("httpRoute.enabled=true",), "httpRoute.parentRefs"),
+        # Silent conflicts: each would render and install, then quietly not work.
+        (
+            ("serviceMonitor.enabled=true", "networkPolicy.enabled=true"),
+            "the policy admits no scraper, so Prometheus gets no metrics; set networkPolicy.metricsScraper.namespace",
+        ),
+        (
+            ("httpRoute.enabled=true", "httpRoute.parentRefs[0].name=gw", "networkPolicy.enabled=true"),
+            "drops every request the Gateway forwards; set networkPolicy.gatewayNamespace",
+        ),
+        (
+            (
+                "ingress.enabled=true",
+                "ingress.hosts[0].host=m.example.com",
+                "ingress.hosts[0].paths[0].path=/",
+                "networkPolicy.enabled=true",
+            ),
+            "drops every request the ingress controller forwards; set networkPolicy.ingressControllerNamespace",
+        ),
+        (
+            ("verticalPodAutoscaler.enabled=true", "verticalPodAutoscaler.updateMode=Auto", "autoscaling.enabled=true"),
+            "verticalPodAutoscaler.updateMode=Auto resizes the requests the HPA's CPU/memory utilisation targets",
+        ),
+        (
+            (
+                "verticalPodAutoscaler.enabled=true",
+                "verticalPodAutoscaler.updateMode=Recreate",
+                "autoscaling.enabled=true",
+                "autoscaling.targetCPUUtilizationPercentage=null",
+                "autoscaling.targetMemoryUtilizationPercentage=80",
+            ),
+            "set verticalPodAutoscaler.updateMode to Off",
+        ),
     ],
 )
 def test_cross_field_checks_fail_with_a_clear_message(sets, fragment):
     assert fragment in template_error(*sets)
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ("serviceMonitor.enabled=true", "networkPolicy.enabled=true", "networkPolicy.metricsScraper.namespace=mon"),
+        ("verticalPodAutoscaler.enabled=true", "verticalPodAutoscaler.updateMode=Off", "autoscaling.enabled=true"),
+        ("verticalPodAutoscaler.enabled=true", "verticalPodAutoscaler.updateMode=Initial", "autoscaling.enabled=true"),
+        ("verticalPodAutoscaler.enabled=true", "verticalPodAutoscaler.updateMode=Auto"),
+    ],
+)
+def test_the_fixes_the_messages_name_render(sets):
+    assert template(sets=sets)

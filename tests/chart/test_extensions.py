@@ -1,0 +1,220 @@
+"""Extension points and the values added for multi-model GitOps: each renders where it should, nowhere else."""
+
+import pytest
+
+from tests.kube import CHART, by_kind, one, template
+
+SHA = "ab" * 32
+
+
+def pod_spec(docs):
+    return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def test_model_pin_and_server_outputs_reach_the_configmap():
+    data = one(
+        template(
+            sets=(
+                "model.version=v3",
+                f"model.sha256={SHA}",
+                "server.defaultOutputs={predict,predict_proba}",
+                "server.trustedTypes={pkg.mod.A,pkg.mod.B}",
+            )
+        ),
+        "ConfigMap",
+    )["data"]
+    assert data["MODEL_SERVER_EXPECTED_VERSION"] == "v3"
+    assert data["MODEL_SERVER_EXPECTED_SHA256"] == SHA
+    assert data["MODEL_SERVER_DEFAULT_OUTPUTS"] == "predict,predict_proba"
+    assert data["MODEL_SERVER_TRUSTED_TYPES"] == "pkg.mod.A,pkg.mod.B"
+    defaults = one(template(), "ConfigMap")["data"]
+    assert (defaults["MODEL_SERVER_EXPECTED_VERSION"], defaults["MODEL_SERVER_EXPECTED_SHA256"]) == ("", "")
+    assert (defaults["MODEL_SERVER_DEFAULT_OUTPUTS"], defaults["MODEL_SERVER_TRUSTED_TYPES"]) == ("predict", "")
+
+
+@pytest.mark.parametrize(
+    ("repository", "registry", "expected"),
+    [
+        ("ghcr.io/org/model-server", "mirror.example.com:5000", "mirror.example.com:5000/org/model-server"),
+        ("localhost/model-server", "mirror.example.com/cache", "mirror.example.com/cache/model-server"),
+        ("org/model-server", "mirror.example.com", "mirror.example.com/org/model-server"),
+        ("ghcr.io/org/model-server", "", "ghcr.io/org/model-server"),
+    ],
+)
+def test_global_image_registry_replaces_the_registry_of_every_image(repository, registry, expected):
+    docs = template(sets=(f"image.repository={repository}", f"global.imageRegistry={registry}", "image.tag=t1"))
+    assert pod_spec(docs)["containers"][0]["image"] == f"{expected}:t1"
+    assert one(docs, "Pod")["spec"]["containers"][0]["image"] == f"{expected}:t1"
+
+
+def test_pull_secrets_merge_global_first_each_once_on_every_pod():
+    docs = template("chart/ci/pvc-values.yaml")
+    expected = [{"name": "mirror-cred"}, {"name": "regcred"}]
+    assert pod_spec(docs)["imagePullSecrets"] == expected
+    assert "imagePullSecrets" not in pod_spec(template())
+
+
+def test_common_labels_and_annotations_reach_every_object_but_no_selector():
+    docs = template("chart/ci/pvc-values.yaml")
+    assert len(docs) >= 12
+    for doc in docs:
+        assert doc["metadata"]["labels"]["team"] == "ml-platform", doc["kind"]
+        assert doc["metadata"]["annotations"]["example.com/owner"] == "ml-platform", doc["kind"]
+    pod = one(docs, "Deployment")["spec"]["template"]["metadata"]
+    assert pod["labels"]["team"] == "ml-platform"
+    assert "team" not in one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert "team" not in one(docs, "Service")["spec"]["selector"]
+    # An object's own annotations win over and sit beside the common ones.
+    claim = one(docs, "PersistentVolumeClaim")["metadata"]["annotations"]
+    assert claim["helm.sh/resource-policy"] == "keep"
+
+
+def test_deployment_annotations_are_on_the_deployment_only():
+    docs = template("chart/ci/existing-claim-values.yaml")
+    deployment = one(docs, "Deployment")
+    assert deployment["metadata"]["annotations"] == {"example.com/cost-center": "42"}
+    assert "example.com/cost-center" not in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "annotations" not in one(template(), "Deployment")["metadata"]
+
+
+def test_a_retained_claim_is_kept_by_helm_flux_and_argocd():
+    annotations = one(template(sets=("model.mode=pvc", "model.pvc.size=1Gi")), "PersistentVolumeClaim")["metadata"][
+        "annotations"
+    ]
+    assert annotations == {
+        "helm.sh/resource-policy": "keep",
+        "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",
+    }
+
+
+def test_extra_containers_are_templated_and_get_the_restricted_security_context():
+    docs = template("chart/ci/existing-claim-values.yaml")
+    spec = pod_spec(docs)
+    shipper = next(c for c in spec["containers"] if c["name"] == "log-shipper")
+    assert shipper["image"] == "ghcr.io/model-server-gitops/model-server-log-shipper:1.0"
+    assert shipper["args"] == ["--source=/tmp", "--release=rel"]
+    assert "runAsUser" not in shipper["securityContext"], "its own securityContext is kept as written"
+    init = spec["initContainers"]
+    assert [c["name"] for c in init] == ["warm-cache"]
+    assert init[0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert init[0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_extra_init_containers_run_after_the_model_fetch():
+    docs = template(
+        "chart/ci/emptydir-fetch-values.yaml",
+        sets=("extraInitContainers[0].name=after", "extraInitContainers[0].image=busybox"),
+    )
+    assert [c["name"] for c in pod_spec(docs)["initContainers"]] == ["fetch-model", "after"]
+
+
+def test_rollout_on_hashes_the_named_configmaps_and_secrets_into_the_pod():
+    annotations = lambda docs: one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    assert "checksum/referenced" not in annotations(template())
+    one_map = annotations(template(sets=("rolloutOn.configMaps={ca}",)))["checksum/referenced"]
+    assert len(one_map) == 64
+    assert annotations(template(sets=("rolloutOn.configMaps={ca}",)))["checksum/referenced"] == one_map
+    assert (
+        annotations(template(sets=("rolloutOn.configMaps={ca}", "rolloutOn.secrets={keys}")))["checksum/referenced"]
+        != one_map
+    )
+
+
+def test_extra_objects_render_maps_and_templated_strings():
+    docs = template("chart/ci/existing-claim-values.yaml")
+    names = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    assert names["rel-shipper-config"]["data"] == {"target": "https://logs.example.com"}
+    assert names["rel-notes"]["data"] == {"model": "penguins-prod"}
+
+
+def test_network_policy_admits_the_gateway_the_scraper_the_test_pod_and_extra_rules():
+    docs = template("chart/ci/existing-claim-values.yaml")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    sources = policy["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}} in sources
+    test_pod = one(docs, "Pod")["metadata"]["labels"]
+    admitted = [s["podSelector"]["matchLabels"] for s in sources if set(s) == {"podSelector"}]
+    assert any(all(test_pod.get(k) == v for k, v in selector.items()) for selector in admitted)
+    assert policy["policyTypes"] == ["Ingress"]
+    extra = one(template("chart/ci/pvc-values.yaml"), "NetworkPolicy")["spec"]
+    assert extra["ingress"][1]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    assert extra["policyTypes"] == ["Ingress", "Egress"]
+    assert [rule["ports"][0]["port"] for rule in extra["egress"]] == [53, 443]
+
+
+def test_the_test_pod_is_selected_by_no_service_pdb_or_policy():
+    docs = template("chart/ci/pvc-values.yaml")
+    labels = one(docs, "Pod")["metadata"]["labels"]
+    selectors = [
+        one(docs, "Service")["spec"]["selector"],
+        one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        one(docs, "Deployment")["spec"]["selector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert not all(labels.get(k) == v for k, v in selector.items()), selector
+
+
+def test_http_route_matches_filters_and_timeouts():
+    rule = one(template("chart/ci/existing-claim-values.yaml"), "HTTPRoute")["spec"]["rules"][0]
+    assert rule["matches"][0] == {"path": {"type": "PathPrefix", "value": "/v2/models/penguins"}}
+    assert rule["matches"][1]["method"] == "GET"
+    assert rule["filters"][0]["type"] == "RequestHeaderModifier"
+    assert rule["timeouts"] == {"request": "30s", "backendRequest": "25s"}
+    plain = one(template(sets=("httpRoute.enabled=true", "httpRoute.parentRefs[0].name=gw")), "HTTPRoute")["spec"][
+        "rules"
+    ][0]
+    assert plain["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert "filters" not in plain
+    assert "timeouts" not in plain
+
+
+def test_service_monitor_namespace_job_label_honor_labels_and_tls():
+    monitor = one(template("chart/ci/pvc-values.yaml"), "ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ns"]}
+    assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    tls = one(template("chart/ci/existing-claim-values.yaml"), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert tls["scheme"] == "https"
+    assert tls["tlsConfig"] == {"insecureSkipVerify": False, "serverName": "model.example.com"}
+    default = one(template(sets=("serviceMonitor.enabled=true",)), "ServiceMonitor")
+    assert default["metadata"]["namespace"] == "ns"
+    assert "jobLabel" not in default["spec"]
+    assert default["spec"]["endpoints"][0]["honorLabels"] is False
+
+
+def test_values_file_comments_document_every_key():
+    # helm-docs reads `# --` comments; a key without one shows up undocumented in chart/README.md.
+    readme = (CHART / "README.md").read_text()
+    for key in (
+        "global.imageRegistry",
+        "global.imagePullSecrets",
+        "commonLabels",
+        "commonAnnotations",
+        "deploymentAnnotations",
+        "extraContainers",
+        "extraInitContainers",
+        "extraObjects",
+        "rolloutOn.configMaps",
+        "rolloutOn.secrets",
+        "networkPolicy.extraIngress",
+        "networkPolicy.extraEgress",
+        "networkPolicy.gatewayNamespace",
+        "httpRoute.matches",
+        "httpRoute.filters",
+        "httpRoute.timeouts",
+        "serviceMonitor.namespace",
+        "serviceMonitor.jobLabel",
+        "serviceMonitor.honorLabels",
+        "serviceMonitor.tlsConfig",
+        "server.defaultOutputs",
+        "server.trustedTypes",
+        "model.version",
+        "model.sha256",
+        "prometheusRule.enabled",
+        "grafanaDashboard.enabled",
+    ):
+        line = next((ln for ln in readme.splitlines() if ln.startswith(f"| {key} |")), None)
+        assert line, f"{key} missing from chart/README.md"
+        assert line.rstrip(" |").split("|")[-1].strip(), f"{key} has no description"
