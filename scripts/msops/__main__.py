@@ -16,23 +16,41 @@ def _envs_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--env", action="append", dest="envs", metavar="NAME", help="environment (repeatable; default: all)"
     )
+    _models_arg(parser)
+
+
+def _models_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", action="append", dest="models", metavar="NAME", help="model (repeatable; default: every one served)"
+    )
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     decl = environments.load()
     envs = decl.select(args.envs)
+    for env in envs:
+        env.select(args.models)  # an unknown model fails before anything renders
     if args.output_dir:
-        for path in render.write(decl, envs, args.output_dir):
+        for path in render.write(decl, envs, args.output_dir, models=args.models):
             print(path, file=sys.stderr)
         return 0
     for env in envs:
-        sys.stdout.write(f"# ---- environment: {env.name} (release {decl.release_name}, namespace {env.namespace})\n")
-        sys.stdout.write(render.render(decl, env))
+        for release in env.select(args.models):
+            sys.stdout.write(
+                f"# ---- environment: {env.name}, model: {release.model} "
+                f"(release {release.name}, namespace {env.namespace})\n"
+            )
+            sys.stdout.write(render.render(decl, env, release))
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     decl = environments.load()
+    if args.chart_base:
+        problem = validate.chart_change_without_bump(args.chart_base, chart=decl.chart)
+        if problem:
+            raise OpsError(problem)
+        print(f"ok    {decl.chart}/Chart.yaml version bumped with the chart's changes since {args.chart_base}")
     locations = tuple(args.schema_location or ())
     schema_dir = args.schema_dir or os.environ.get("MSOPS_SCHEMA_DIR")
     if schema_dir:
@@ -42,6 +60,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         decl.select(args.envs),
         tuple(args.kubernetes_version or validate.DEFAULT_KUBERNETES_VERSIONS),
         locations or validate.PUBLIC_SCHEMA_LOCATIONS,
+        models=args.models,
     )
     print("\n".join(report.lines))
     if report.failures:
@@ -50,7 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, path: str) -> int:
+def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, paths: list[str]) -> int:
     if not diff_text:
         print("nothing to change", file=sys.stderr)
         return 0
@@ -60,10 +79,10 @@ def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, path: s
         return 0
     if args.commit:
         try:
-            subprocess.run(["git", "add", "--", path], cwd=ROOT, check=True)
-            subprocess.run(["git", "commit", "--quiet", "-m", message, "--", path], cwd=ROOT, check=True)
+            subprocess.run(["git", "add", "--", *paths], cwd=ROOT, check=True)
+            subprocess.run(["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=ROOT, check=True)
         except subprocess.CalledProcessError as exc:
-            raise OpsError(f"git commit failed ({exc}); {path} is changed but not committed") from None
+            raise OpsError(f"git commit failed ({exc}); {', '.join(paths)} changed but not committed") from None
         print(f"committed: {message}", file=sys.stderr)
     return 0
 
@@ -71,10 +90,22 @@ def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, path: s
 def cmd_promote(args: argparse.Namespace) -> int:
     decl = environments.load()
     source, target = decl.get(args.source), decl.get(args.target)
-    text = values.promote(decl, source, target, dry_run=args.dry_run)
-    tag = values.get_path(values.environment_values(source), "image.tag")
-    message = f"Promote {source.name} to {target.name}: image {tag}"
-    return _finish_edit(text, message, args, target.values_files[-1])
+    if args.model:
+        text = values.promote_model(decl, source, target, args.model, dry_run=args.dry_run)
+        version = values.get_path(values.release_values(source.release(args.model)), "model.version")
+        message = f"Promote {args.model} {version} from {source.name} to {target.name}"
+        paths = [target.model_file(args.model)]
+    elif args.chart:
+        text = values.promote_chart(decl, source, target, dry_run=args.dry_run)
+        version = values.source_chart_version(decl, source)
+        message = f"Promote chart {version} from {source.name} to {target.name}"
+        paths = [str(p) for p in values.chart_pin_files(target)]
+    else:
+        text = values.promote_image(decl, source, target, dry_run=args.dry_run)
+        tag = values.get_path(values.files_values(source.values_files), "image.tag")
+        message = f"Promote image {tag} from {source.name} to {target.name}"
+        paths = [target.values_files[-1]]
+    return _finish_edit(text, message, args, paths)
 
 
 def cmd_set_image(args: argparse.Namespace) -> int:
@@ -82,18 +113,18 @@ def cmd_set_image(args: argparse.Namespace) -> int:
     env = decl.get(args.env)
     text = values.set_image(decl, env, args.tag, args.digest, dry_run=args.dry_run)
     message = f"Deploy image {args.tag}{'@' + args.digest if args.digest else ''} to {env.name}"
-    return _finish_edit(text, message, args, env.values_files[-1])
+    return _finish_edit(text, message, args, [env.values_files[-1]])
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     if args.ref:
         if len(args.environments) != 1:
             raise OpsError("with --ref, name exactly one environment")
-        text = diff.against_ref(args.ref, args.environments[0])
+        text = diff.against_ref(args.ref, args.environments[0], args.models)
     else:
         if len(args.environments) != 2:
             raise OpsError("name two environments (or --ref REF and one environment)")
-        text = diff.between_environments(*args.environments)
+        text = diff.between_environments(*args.environments, models=args.models)
     sys.stdout.write(text or "no differences\n")
     return 0
 
@@ -133,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="helm template each environment exactly as Argo CD / Flux would")
     _envs_arg(p)
-    p.add_argument("--output-dir", type=Path, help="write <env>.yaml files here instead of stdout")
+    p.add_argument("--output-dir", type=Path, help="write <env>-<model>.yaml files here instead of stdout")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("validate", help="schema, render and kubeconform every environment and the GitOps manifests")
@@ -145,16 +176,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--schema-dir", metavar="DIR", help="offline schema mirror (layout of shared/schemas); env MSOPS_SCHEMA_DIR"
     )
+    p.add_argument(
+        "--chart-base", metavar="REF", help="also fail when chart/ changed since REF without a Chart.yaml version bump"
+    )
     p.set_defaults(func=cmd_validate)
 
     for name, func, helptext in (
-        ("promote", cmd_promote, "copy the promoted keys (image tag and digest) to the next environment"),
-        ("set-image", cmd_set_image, "point one environment at an image tag (and digest)"),
+        ("promote", cmd_promote, "move the image, one model's version, or the chart version to the next environment"),
+        ("set-image", cmd_set_image, "point one environment (every model) at an image tag (and digest)"),
     ):
         p = sub.add_parser(name, help=helptext)
         if name == "promote":
             p.add_argument("--from", dest="source", required=True, metavar="ENV")
             p.add_argument("--to", dest="target", required=True, metavar="ENV")
+            what = p.add_mutually_exclusive_group(required=True)
+            what.add_argument("--image", action="store_true", help="the image tag and digest (every model)")
+            what.add_argument("--model", metavar="NAME", help="one model's version and sha256 (and model store path)")
+            what.add_argument("--chart", action="store_true", help="the chart version (Argo CD and Flux pins too)")
         else:
             p.add_argument("--env", required=True)
             p.add_argument("--tag", required=True)
@@ -166,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="rendered diff between two environments, or one environment against a git ref")
     p.add_argument("environments", nargs="+", metavar="ENV")
     p.add_argument("--ref", help="git ref to compare the work tree with")
+    _models_arg(p)
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("cluster", help="local control plane on 127.0.0.1 for the end-to-end tests")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from . import OpsError, manifests, tools
 from .environments import Declaration, Environment
 from .render import render
 from .tools import ROOT
-from .values import schema_errors
+from .values import pin_errors, schema_errors
 
 DEFAULT_KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
 PUBLIC_SCHEMA_LOCATIONS = (
@@ -56,6 +59,7 @@ def validate(
     versions: tuple[str, ...] = DEFAULT_KUBERNETES_VERSIONS,
     locations: tuple[str, ...] = PUBLIC_SCHEMA_LOCATIONS,
     root: Path = ROOT,
+    models: list[str] | None = None,
 ) -> Report:
     report = Report()
     problems = manifests.check_all(decl, root)
@@ -65,23 +69,51 @@ def validate(
         report.ok("Argo CD and Flux manifests agree with environments.yaml; every path they name exists")
     with tempfile.TemporaryDirectory(prefix="msops-validate-") as scratch:
         for env in envs:
-            errors = schema_errors(decl, env, root)
-            if errors:
-                for error in errors:
-                    report.fail(f"{env.name}: values schema: {error}")
-                continue
-            report.ok(f"{env.name}: values pass chart/values.schema.json")
-            try:
-                rendered = render(decl, env, root)
-            except OpsError as exc:
-                report.fail(f"{env.name}: {exc}")
-                continue
-            target = Path(scratch) / f"{env.name}.yaml"
-            target.write_text(rendered)
-            _kubeconform_each(report, f"{env.name}: rendered chart", [target], versions, locations)
-        gitops_dirs = [root / manifests.ARGOCD_DIR, root / manifests.FLUX_DIR]
-        _kubeconform_each(report, "Argo CD + Flux manifests", gitops_dirs, versions, locations)
+            for release in env.select(models):
+                where = f"{env.name}/{release.model}"
+                try:
+                    errors = schema_errors(decl, env, release, root)
+                except OpsError as exc:
+                    report.fail(f"{where}: {exc}")
+                    continue
+                errors += pin_errors(decl, env, release, root)
+                if errors:
+                    for error in errors:
+                        report.fail(f"{where}: values: {error}")
+                    continue
+                chart = f"chart {env.chart_version}" if env.chart_version else f"chart from {decl.revision}"
+                report.ok(f"{where}: values pass the schema of the {chart}, pins complete")
+                try:
+                    rendered = render(decl, env, release, root)
+                except OpsError as exc:
+                    report.fail(f"{where}: {exc}")
+                    continue
+                target = Path(scratch) / f"{env.name}-{release.model}.yaml"
+                target.write_text(rendered)
+                _kubeconform_each(report, f"{where}: rendered chart", [target], versions, locations)
+        gitops = manifests.object_files(root)
+        _kubeconform_each(report, "Argo CD + Flux manifests", gitops, versions, locations)
     return report
+
+
+def chart_change_without_bump(base: str, root: Path = ROOT, chart: str = "chart") -> str | None:
+    """What `ct lint` checks: a change under chart/ since ``base`` needs a new Chart.yaml version, or
+    the pinned environments never get it (chart.yml publishes only new versions). None when fine."""
+    try:
+        changed = subprocess.run(
+            ["git", "diff", "--quiet", base, "--", chart], cwd=root, capture_output=True, check=False
+        ).returncode
+        before = subprocess.run(
+            ["git", "show", f"{base}:{chart}/Chart.yaml"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise OpsError(f"cannot compare {chart}/ with {base}: {exc}") from None
+    if changed == 0:
+        return None
+    old, new = yaml.safe_load(before)["version"], yaml.safe_load((root / chart / "Chart.yaml").read_text())["version"]
+    if old == new:
+        return f"{chart}/ changed since {base} but {chart}/Chart.yaml still says version {new}: bump it"
+    return None
 
 
 def _kubeconform_each(

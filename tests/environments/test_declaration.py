@@ -15,8 +15,30 @@ def test_declaration_lists_dev_staging_prod_in_promotion_order():
     assert decl.get("staging").promotes_to == "prod"
     assert decl.get("prod").promotes_to is None
     assert decl.get("prod").sync == "manual"
-    assert decl.get("staging").require_digest
-    assert decl.get("prod").require_digest
+    assert decl.get("staging").pinned
+    assert decl.get("prod").pinned
+
+
+def test_every_environment_serves_both_models_one_release_each():
+    decl = environments.load()
+    for env in decl.environments.values():
+        assert [(r.model, r.name) for r in env.releases] == [
+            ("diabetes", "model-server-diabetes"),
+            ("penguins", "model-server-penguins"),
+        ]
+        assert env.release("penguins").values_files == (
+            "environments/models/penguins.yaml",
+            f"environments/{env.name}/values.yaml",
+            f"environments/{env.name}/penguins.yaml",
+        )
+        assert env.values_files == (f"environments/{env.name}/values.yaml",)
+
+
+def test_dev_follows_the_chart_on_main_while_staging_and_prod_pin_a_published_version():
+    decl = environments.load()
+    assert decl.get("dev").chart_version is None
+    assert decl.get("staging").chart_version == decl.get("prod").chart_version
+    assert decl.chart_registry == "oci://ghcr.io/model-server-gitops/charts"
 
 
 def test_argocd_and_flux_agree_with_the_declaration():
@@ -45,7 +67,12 @@ def _edit(path: Path, old: str, new: str) -> None:
             "namespace: model-server-stg",
             "element 'staging' namespace",
         ),
-        ("environments/argocd/applicationset.yaml", "releaseName: model-server", "releaseName: model", "releaseName"),
+        (
+            "environments/argocd/applicationset.yaml",
+            'releaseName: "model-server-{{ .model }}"',
+            'releaseName: "model-{{ .model }}"',
+            "releaseName",
+        ),
         (
             "environments/argocd/applicationset.yaml",
             "targetRevision: main",
@@ -53,16 +80,44 @@ def _edit(path: Path, old: str, new: str) -> None:
             "targetRevision",
         ),
         (
-            "environments/flux/prod/helmrelease.yaml",
+            "environments/argocd/applicationset.yaml",
+            "preserveResourcesOnDeletion: true",
+            "preserveResourcesOnDeletion: false",
+            "preserveResourcesOnDeletion",
+        ),
+        ("environments/argocd/applicationset.yaml", "- /spec/syncPolicy", "- /spec/source", "/spec/syncPolicy"),
+        (
+            "environments/argocd/applicationset.yaml",
+            "- environments/prod/penguins.yaml",
+            "- environments/prod/diabetes.yaml",
+            "element 'prod' model 'penguins' valuesFiles",
+        ),
+        ("environments/argocd/applicationset.yaml", 'chartVersion: "0.2.0"', 'chartVersion: "0.1.9"', "chartVersion"),
+        (
+            "environments/flux/prod/diabetes.yaml",
             "targetNamespace: model-server-prod",
             "targetNamespace: prod",
-            "'prod' targetNamespace",
+            "'model-server-diabetes' in prod targetNamespace",
         ),
         (
-            "environments/flux/dev/helmrelease.yaml",
-            "- environments/dev/values.yaml",
+            "environments/flux/dev/penguins.yaml",
+            "- environments/dev/penguins.yaml",
             "- environments/dev/values-old.yaml",
-            "'dev' valuesFiles",
+            "in dev valuesFiles",
+        ),
+        ("environments/flux/staging/chart.yaml", 'tag: "0.2.0"', 'tag: "0.3.0"', "OCIRepository of staging ref.tag"),
+        ("environments/flux/prod/chart.yaml", "provider: cosign", "provider: notation", "cosign signature"),
+        (
+            "environments/flux/staging/penguins.yaml",
+            "valuesKey: staging.penguins.yaml",
+            "valuesKey: staging.diabetes.yaml",
+            "valuesFrom",
+        ),
+        (
+            "environments/flux/prod/kustomization.yaml",
+            "prod.penguins.yaml=../../prod/penguins.yaml",
+            "prod.penguins.yaml=../../staging/penguins.yaml",
+            "prod.penguins.yaml is generated from",
         ),
         ("environments/flux/source/gitrepository.yaml", "branch: main", "branch: master", "ref.branch"),
         (
@@ -76,6 +131,12 @@ def _edit(path: Path, old: str, new: str) -> None:
             "namespace: model-server-prod",
             "namespace: other",
             "does not allow destination",
+        ),
+        (
+            "environments/argocd/project.yaml",
+            "- ghcr.io/model-server-gitops/charts",
+            "- ghcr.io/someone-else/charts",
+            "does not allow ghcr.io/model-server-gitops/charts",
         ),
     ],
 )
@@ -95,10 +156,22 @@ def test_a_manifest_naming_a_missing_file_is_caught(repo):
     ("old", "new", "message"),
     [
         ("name: staging\n", "name: Staging\n", "is not a DNS label"),
-        ("- environments/prod/values.yaml", "- environments/prod/missing.yaml", "does not exist"),
+        (
+            "models: [diabetes, penguins]\n    # Prod",
+            "models: [diabetes, iris]\n    # Prod",
+            "iris.yaml does not exist",
+        ),
         ("sync: manual", "sync: sometimes", "sync must be automated or manual"),
         ("promotesTo: prod", "promotesTo: production", "unknown environment 'production'"),
-        ("releaseName: model-server", "releaseName: ''", "releaseName must be a non-empty str"),
+        ("releaseName: model-server-{model}", "releaseName: ''", "releaseName must be a non-empty str"),
+        ("releaseName: model-server-{model}", "releaseName: ms-{name}", "may only use"),
+        (
+            "chartVersion: 0.2.0\n    models: [diabetes, penguins]\n    # Prod",
+            "models: [diabetes]\n    # Prod",
+            "no chartV",
+        ),
+        ("chartVersion: 0.2.0", "chartVersion: latest", "chartVersion must be a quoted semantic version"),
+        ("registry: oci://ghcr.io", "registry: https://ghcr.io", "chart.registry must be an oci:// reference"),
     ],
 )
 def test_a_bad_declaration_is_refused_naming_the_field(repo, old, new, message):
