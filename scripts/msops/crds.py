@@ -52,6 +52,8 @@ SOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         (
             "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
             "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+            # The chart's alerts (prometheusRule.enabled, on in staging and prod).
+            "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
         ),
     ),
     (

@@ -1,7 +1,7 @@
-"""Every environment of environments/environments.yaml, installed with Helm into a real API server.
+"""Every model release of every environment in environments.yaml, installed with Helm into a real API server.
 
-Release name, namespace and values files come from the declaration, exactly as Argo CD and Flux get
-them. Each namespace enforces the restricted Pod Security Standard, so a pod the chart renders that
+Release names, namespace, chart version and values files come from the declaration, exactly as
+Argo CD and Flux get them. Each namespace enforces the restricted Pod Security Standard, so a pod the chart renders that
 the admission controller refuses shows up as a FailedCreate event and a Deployment that never
 becomes Available.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from msops import environments, render, values
+from msops import environments, manifests, render, values
 
 from tests.cluster.conftest import Kube, wait_for
 from tests.kube import ROOT
@@ -22,13 +22,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 DECL = environments.load()
 ENVS = list(DECL.environments.values())
+# Every (environment, release): one Helm release per model.
+RELEASES = [(env, release) for env in ENVS for release in env.releases]
 CHART_DEFAULTS = yaml.safe_load((ROOT / DECL.chart / "values.yaml").read_text())
 
 
+def release_id(item: tuple) -> str:
+    return f"{item[0].name}-{item[1].model}"
+
+
 @functools.cache
-def effective_values(env: environments.Environment) -> dict:
-    """Chart defaults with the environment's values files over them (read once per environment)."""
-    return values.coalesce(CHART_DEFAULTS, values.environment_values(env))
+def effective_values(env: environments.Environment, release: environments.Release | None = None) -> dict:
+    """Chart defaults with the release's values files over them (the first release's when none is named)."""
+    return values.coalesce(CHART_DEFAULTS, values.release_values(release or env.releases[0]))
 
 
 def expected_replicas(env: environments.Environment) -> int:
@@ -76,32 +82,36 @@ def model_store(kube: Kube, env: environments.Environment) -> None:
     )
 
 
-def helm_args(env: environments.Environment, namespace: str | None = None) -> list[str]:
+def helm_args(
+    env: environments.Environment, release: environments.Release, chart: Path, namespace: str | None = None
+) -> list[str]:
     """Release, chart, namespace and values files exactly as the declaration gives them."""
-    args = [DECL.release_name, str(ROOT / DECL.chart), "--namespace", namespace or env.namespace]
-    for file in env.values_files:
+    args = [release.name, str(chart), "--namespace", namespace or env.namespace]
+    for file in release.values_files:
         args += ["--values", str(ROOT / file)]
     return args
 
 
-def deployment(kube: Kube, env: environments.Environment) -> dict:
+def deployment(kube: Kube, env: environments.Environment, release: environments.Release) -> dict:
     names = kube.kubectl(
-        "get", "deployment", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}", "-o", "name"
+        "get", "deployment", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={release.name}", "-o", "name"
     ).split()
-    assert len(names) == 1, f"expected one Deployment of release {DECL.release_name}, got {names}"
+    assert len(names) == 1, f"expected one Deployment of release {release.name}, got {names}"
     return kube.json("get", names[0], "-n", env.namespace)
 
 
-def wait_rolled_out(kube: Kube, env: environments.Environment, replicas: int) -> dict:
+def wait_rolled_out(kube: Kube, env: environments.Environment, release: environments.Release, replicas: int) -> dict:
     def done() -> dict | None:
-        dep = deployment(kube, env)
+        dep = deployment(kube, env, release)
         status = dep.get("status", {})
         available = any(c["type"] == "Available" and c["status"] == "True" for c in status.get("conditions", []))
         settled = status.get("observedGeneration") == dep["metadata"]["generation"]
         counts = (status.get("updatedReplicas"), status.get("readyReplicas"), status.get("replicas"))
         return dep if available and settled and counts == (replicas, replicas, replicas) else None
 
-    return wait_for(f"{env.name} Deployment Available with {replicas} updated, ready replicas", done, timeout=180)
+    return wait_for(
+        f"{env.name}/{release.model} Deployment Available with {replicas} updated, ready replicas", done, timeout=180
+    )
 
 
 def replica_sets(kube: Kube, env: environments.Environment, dep: dict) -> dict[str, dict]:
@@ -115,25 +125,30 @@ def replica_sets(kube: Kube, env: environments.Environment, dep: dict) -> dict[s
 
 @pytest.fixture(scope="module")
 def installed(kube: Kube) -> dict[str, dict]:
-    """Each environment installed once (helm install --wait); the tests below inspect and then roll it."""
+    """Every model of every environment installed once (helm install --wait), from the chart version the
+    environment pins; the tests below inspect and then roll each."""
     deployments = {}
     for env in ENVS:
         kube.restricted_namespace(env.namespace)
         model_store(kube, env)
-        kube.helm("install", *helm_args(env), "--wait", "--timeout", "4m")
-        deployments[env.name] = wait_rolled_out(kube, env, expected_replicas(env))
+        with render.chart_dir(DECL, env) as chart:
+            for release in env.releases:
+                kube.helm("install", *helm_args(env, release, chart), "--wait", "--timeout", "4m")
+                deployments[release_id((env, release))] = wait_rolled_out(kube, env, release, expected_replicas(env))
     return deployments
 
 
-@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
-def test_install_is_available_admitted_and_accepted(kube: Kube, installed: dict, env: environments.Environment):
-    dep = installed[env.name]
+@pytest.mark.parametrize(("env", "release"), RELEASES, ids=[release_id(item) for item in RELEASES])
+def test_install_is_available_admitted_and_accepted(
+    kube: Kube, installed: dict, env: environments.Environment, release: environments.Release
+):
+    dep = installed[release_id((env, release))]
     assert dep["status"]["readyReplicas"] == expected_replicas(env)
     assert kube.events(env.namespace, "FailedCreate") == [], "Pod Security (or quota) rejected a pod"
-    pods = kube.json("get", "pods", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}")
+    pods = kube.json("get", "pods", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={release.name}")
     assert all(pod["spec"].get("nodeName") for pod in pods["items"]), "every pod is scheduled onto a kwok node"
     # Everything Helm rendered exists in the API server, custom resources (ServiceMonitor) included.
-    manifest = kube.helm("get", "manifest", DECL.release_name, "-n", env.namespace).stdout
+    manifest = kube.helm("get", "manifest", release.name, "-n", env.namespace).stdout
     kinds = set()
     for doc in (d for d in yaml.safe_load_all(manifest) if d):
         kube.kubectl(
@@ -145,18 +160,25 @@ def test_install_is_available_admitted_and_accepted(kube: Kube, installed: dict,
         )
         kinds.add(doc["kind"])
     assert {"Deployment", "Service", "ServiceAccount"} <= kinds
-    if effective_values(env)["serviceMonitor"]["enabled"]:
+    merged = effective_values(env, release)
+    if merged["serviceMonitor"]["enabled"]:
         assert "ServiceMonitor" in kinds
-    if effective_values(env)["autoscaling"]["enabled"]:
+    if merged["prometheusRule"]["enabled"]:
+        assert "PrometheusRule" in kinds
+    if merged["autoscaling"]["enabled"]:
         assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    config = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ConfigMap" and "PORT" in d["data"])
+    assert config["data"]["MODEL_SERVER_EXPECTED_VERSION"] == merged["model"]["version"]
 
 
-@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
-def test_the_helm_test_pod_is_admitted(kube: Kube, installed: dict, env: environments.Environment):
+@pytest.mark.parametrize(("env", "release"), RELEASES, ids=[release_id(item) for item in RELEASES])
+def test_the_helm_test_pod_is_admitted(
+    kube: Kube, installed: dict, env: environments.Environment, release: environments.Release
+):
     """kwok cannot run the smoke test, so `helm test` proves nothing here; admission is what can be proved.
 
     The test Pod's own command runs against a real server in tests/image (container tests)."""
-    rendered = render.render(DECL, env)
+    rendered = render.render(DECL, env, release)
     pod = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     pod["metadata"]["name"] += "-admission"
@@ -174,23 +196,33 @@ def test_the_helm_test_pod_is_admitted(kube: Kube, installed: dict, env: environ
 def test_upgrade_rolls_a_new_replicaset_and_rollback_restores_it(
     kube: Kube, installed: dict, env: environments.Environment
 ):
+    # One model per environment is rolled; the other must not move (its own release).
+    release, other = env.releases[0], env.releases[-1]
+    untouched = deployment(kube, env, other)["metadata"]["generation"]
     replicas = expected_replicas(env)
-    before = wait_rolled_out(kube, env, replicas)
+    before = wait_rolled_out(kube, env, release, replicas)
     first_rs = replica_sets(kube, env, before)[before["metadata"]["annotations"]["deployment.kubernetes.io/revision"]]
     first_hash = first_rs["metadata"]["labels"]["pod-template-hash"]
 
-    kube.helm(
-        "upgrade", *helm_args(env), "--set-string", "podAnnotations.e2e/rollout=upgrade", "--wait", "--timeout", "4m"
-    )
-    upgraded = wait_rolled_out(kube, env, replicas)
+    with render.chart_dir(DECL, env) as chart:
+        kube.helm(
+            "upgrade",
+            *helm_args(env, release, chart),
+            "--set-string",
+            "podAnnotations.e2e/rollout=upgrade",
+            "--wait",
+            "--timeout",
+            "4m",
+        )
+    upgraded = wait_rolled_out(kube, env, release, replicas)
     assert upgraded["spec"]["template"]["metadata"]["annotations"]["e2e/rollout"] == "upgrade"
     new_rs = replica_sets(kube, env, upgraded)[upgraded["metadata"]["annotations"]["deployment.kubernetes.io/revision"]]
     assert new_rs["metadata"]["labels"]["pod-template-hash"] != first_hash, "the upgrade rolled a new ReplicaSet"
 
-    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", env.namespace, "-o", "yaml").stdout)
+    history = yaml.safe_load(kube.helm("history", release.name, "-n", env.namespace, "-o", "yaml").stdout)
     first_revision = min(entry["revision"] for entry in history)
-    kube.helm("rollback", DECL.release_name, str(first_revision), "-n", env.namespace, "--wait", "--timeout", "4m")
-    restored = wait_rolled_out(kube, env, replicas)
+    kube.helm("rollback", release.name, str(first_revision), "-n", env.namespace, "--wait", "--timeout", "4m")
+    restored = wait_rolled_out(kube, env, release, replicas)
     assert "e2e/rollout" not in (restored["spec"]["template"]["metadata"].get("annotations") or {})
     current = replica_sets(kube, env, restored)[
         restored["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
@@ -199,11 +231,15 @@ def test_upgrade_rolls_a_new_replicaset_and_rollback_restores_it(
         "rollback brought back the first ReplicaSet"
     )
     assert kube.events(env.namespace, "FailedCreate") == []
+    if other != release:
+        assert deployment(kube, env, other)["metadata"]["generation"] == untouched
 
 
-@pytest.mark.parametrize("env", ENVS, ids=lambda env: env.name)
-def test_rendered_output_passes_server_side_dry_run(kube: Kube, installed: dict, env: environments.Environment):
-    rendered = render.render(DECL, env)
+@pytest.mark.parametrize(("env", "release"), RELEASES, ids=[release_id(item) for item in RELEASES])
+def test_rendered_output_passes_server_side_dry_run(
+    kube: Kube, installed: dict, env: environments.Environment, release: environments.Release
+):
+    rendered = render.render(DECL, env, release)
     out = kube.kubectl("apply", "--dry-run=server", "-n", env.namespace, "-f", "-", input_text=rendered)
     assert "(server dry run)" in out
 
@@ -212,9 +248,8 @@ def test_gitops_manifests_pass_server_side_dry_run(kube: Kube):
     """The Argo CD and Flux manifests of every environment, against the real CRDs."""
     for namespace in ("argocd", "flux-system"):
         kube.kubectl("create", "namespace", namespace, check=False)
-    files = sorted((ROOT / "environments" / "argocd").glob("*.yaml")) + sorted(
-        (ROOT / "environments" / "flux").rglob("*.yaml")
-    )
+    # kustomization.yaml and kustomizeconfig.yaml are kustomize's build instructions, not objects.
+    files = manifests.object_files(ROOT)
     assert files
     for path in files:
         out = kube.kubectl("apply", "--dry-run=server", "-f", str(path))
@@ -224,6 +259,7 @@ def test_gitops_manifests_pass_server_side_dry_run(kube: Kube):
 def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path):
     """Helm 4 installs too; the Gateway API HTTPRoute (off in every environment) is accepted with its CRD."""
     dev = DECL.get("dev")
+    release = dev.releases[0]
     namespace = f"{dev.namespace}-helm4"
     kube.restricted_namespace(namespace)
     extra = tmp_path / "route.yaml"
@@ -239,9 +275,16 @@ def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path)
         )
     )
     kube.helm(
-        "install", *helm_args(dev, namespace), "--values", str(extra), "--wait", "--timeout", "4m", binary="helm4"
+        "install",
+        *helm_args(dev, release, ROOT / DECL.chart, namespace),
+        "--values",
+        str(extra),
+        "--wait",
+        "--timeout",
+        "4m",
+        binary="helm4",
     )
     routes = kube.json("get", "httproute", "-n", namespace)["items"]
     assert [r["spec"]["hostnames"] for r in routes] == [["model.dev.example.com"]]
     assert kube.events(namespace, "FailedCreate") == []
-    kube.helm("uninstall", DECL.release_name, "-n", namespace, "--wait", binary="helm4")
+    kube.helm("uninstall", release.name, "-n", namespace, "--wait", binary="helm4")

@@ -29,6 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 DECL = environments.load()
 ENV = DECL.get("dev")
+# One model's HelmRelease is enough to prove the loop; dev's environment-wide values reach every model alike.
+RELEASE = ENV.releases[0]
+HELM_RELEASE = f"model-server-{RELEASE.model}-{ENV.name}"
 FLUX = ROOT / "environments" / "flux"
 GIT = ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", "-c", "commit.gpgsign=false"]
 
@@ -87,16 +90,18 @@ def condition(obj: dict, kind: str) -> dict:
 def remote(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
     remote = Remote(tmp_path_factory.mktemp("gitops"))
     # A clean slate for the release Flux will own (the Helm tests installed the same name here).
-    kube.helm("uninstall", DECL.release_name, "-n", ENV.namespace, "--wait", "--ignore-not-found")
+    for release in ENV.releases:
+        kube.helm("uninstall", release.name, "-n", ENV.namespace, "--wait", "--ignore-not-found")
     kube.restricted_namespace(ENV.namespace)
     source = yaml.safe_load((FLUX / "source" / "gitrepository.yaml").read_text())
     assert source["spec"]["url"] == DECL.repo_url
     assert source["spec"]["ref"]["branch"] == DECL.revision
     source["spec"]["url"] = remote.url
-    release = yaml.safe_load((FLUX / ENV.name / "helmrelease.yaml").read_text())
-    assert release["spec"]["releaseName"] == DECL.release_name
+    release = yaml.safe_load((FLUX / ENV.name / f"{RELEASE.model}.yaml").read_text())
+    assert release["metadata"]["name"] == HELM_RELEASE
+    assert release["spec"]["releaseName"] == RELEASE.name
     assert release["spec"]["targetNamespace"] == ENV.namespace
-    assert release["spec"]["chart"]["spec"]["valuesFiles"] == manifests.flux_values_files(DECL, ENV)
+    assert release["spec"]["chart"]["spec"]["valuesFiles"] == manifests.flux_values_files(DECL, RELEASE)
     release["spec"]["test"]["enable"] = False
     kube.kubectl("create", "namespace", "flux-system", check=False)
     kube.apply([source, release])
@@ -139,9 +144,9 @@ def reconcile_source(kube: Kube, revision: str) -> None:
 
 
 def release_state(kube: Kube) -> tuple[bool, int | None, int]:
-    hr = kube.json("get", "helmrelease", f"model-server-{ENV.name}", "-n", "flux-system")
+    hr = kube.json("get", "helmrelease", HELM_RELEASE, "-n", "flux-system")
     ready = condition(hr, "Ready").get("status") == "True"
-    deps = kube.json("get", "deployment", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={DECL.release_name}")
+    deps = kube.json("get", "deployment", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={RELEASE.name}")
     items = deps["items"]
     if not items:
         return ready, None, 0
@@ -167,7 +172,7 @@ def settled(kube: Kube, replicas: int, what: str) -> list[str]:
         timeout=240,
         detail=lambda: flux_status(kube),
     )
-    history = yaml.safe_load(kube.helm("history", DECL.release_name, "-n", ENV.namespace, "-o", "yaml").stdout)
+    history = yaml.safe_load(kube.helm("history", RELEASE.name, "-n", ENV.namespace, "-o", "yaml").stdout)
     return [entry["status"] for entry in history]
 
 
