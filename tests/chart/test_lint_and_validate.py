@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from msops import environments
 from msops.validate import PUBLIC_SCHEMA_LOCATIONS, mirror_locations
 
 from tests.kube import CHART, HELMS, KUBERNETES_VERSIONS, ROOT, helm, schema_dir, tool
 
 CI_VALUES = sorted(str(p.relative_to(ROOT)) for p in (CHART / "ci").glob("*-values.yaml"))
-ENV_VALUES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "environments").glob("*/values.yaml"))
+# Each model release of each environment: its values files, in order (comma-joined).
+ENV_VALUES = [",".join(r.values_files) for env in environments.load().environments.values() for r in env.releases]
 ALL_VALUES = [None, *CI_VALUES, *ENV_VALUES]
+
+
+def values_args(values: str | None) -> list[str]:
+    return [arg for file in (values.split(",") if values else []) for arg in ("--values", str(ROOT / file))]
 
 
 def locations() -> tuple[str, ...]:
@@ -22,9 +28,7 @@ def locations() -> tuple[str, ...]:
 
 
 def render_to(tmp_path: Path, values: str | None, binary: str = "helm") -> Path:
-    args = ["template", "rel", str(CHART), "--namespace", "ns"]
-    if values:
-        args += ["--values", str(ROOT / values)]
+    args = ["template", "rel", str(CHART), "--namespace", "ns", *values_args(values)]
     out = tmp_path / "rendered.yaml"
     out.write_text(helm(*args, binary=binary).stdout)
     return out
@@ -68,19 +72,16 @@ def test_chart_yaml_meets_the_chart_testing_rules():
 
 
 @pytest.mark.parametrize("binary", HELMS)
-@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: v or "defaults")
+@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: (v or "defaults").split(",")[-1])
 def test_helm_lint_strict(binary, values):
-    args = ["lint", "--strict", str(CHART)]
-    if values:
-        args += ["--values", str(ROOT / values)]
-    result = helm(*args, binary=binary, check=False)
+    result = helm("lint", "--strict", str(CHART), *values_args(values), binary=binary, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[ERROR]" not in result.stdout
     assert "[WARNING]" not in result.stdout
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: v or "defaults")
+@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: (v or "defaults").split(",")[-1])
 def test_rendered_output_passes_kubeconform_strict(tmp_path, values, version):
     rendered = render_to(tmp_path, values)
     args = [tool("kubeconform"), "-strict", "-summary", "-kubernetes-version", version]
@@ -92,7 +93,7 @@ def test_rendered_output_passes_kubeconform_strict(tmp_path, values, version):
 
 
 @pytest.mark.parametrize("binary", HELMS)
-@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: v or "defaults")
+@pytest.mark.parametrize("values", ALL_VALUES, ids=lambda v: (v or "defaults").split(",")[-1])
 def test_every_pod_meets_the_restricted_pod_security_standard(tmp_path, values, binary):
     # The Pod Security admission controller's own checks (tools/pss-check), on every workload.
     rendered = render_to(tmp_path, values, binary)
