@@ -9,11 +9,11 @@ from werkzeug.exceptions import HTTPException
 
 from . import logs, routes
 from .config import Settings
-from .errors import ClientError, status_and_message
+from .errors import ClientError
 from .fastpath import PredictionFastPath
 from .middleware import ROUTE_ENVIRON_KEY, Observability
-from .model import ModelHolder
-from .routes import json_response
+from .model import ModelHolder, configure_scikit_learn
+from .routes import json_response, status_and_message
 
 log = logging.getLogger("model_server.app")
 
@@ -22,13 +22,9 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     """Build the app. The model is loaded here, once per process, before the first request."""
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
+    configure_scikit_learn()
     if holder is None:
-        holder = ModelHolder(
-            settings.model_dir,
-            trust_pickle=settings.trust_pickle,
-            name_override=settings.model_name,
-            reload_interval=settings.reload_interval,
-        )
+        holder = ModelHolder(settings)
         holder.load()
 
     app = Flask("model_server")

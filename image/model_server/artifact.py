@@ -3,7 +3,8 @@
 Layout::
 
     <dir>/model.skops      the fitted estimator, skops format (no pickle execution on load)
-    <dir>/metadata.json    name, version, features, target, versions, metrics, sha256 ...
+    <dir>/metadata.json    name, version, signature (typed input columns), outputs, task, classes,
+                           scikit-learn version, sha256, metrics, training-data summary ...
 
 ``save`` writes a new directory atomically (temp dir, then rename); ``load`` verifies the
 checksum and the scikit-learn version before any byte of the model is deserialised.
@@ -11,47 +12,66 @@ checksum and the scikit-learn version before any byte of the model is deserialis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sklearn
 
+from .config import OUTPUT_METHODS
 from .errors import ArtifactError
+from .signature import Signature
+from .signature import read as read_signature
 
 METADATA_FILE = "metadata.json"
 SKOPS_FILE = "model.skops"
 PICKLE_FILE = "model.joblib"
-SCHEMA_VERSION = 1
-REQUIRED_KEYS = (
-    "schema_version",
-    "name",
-    "version",
-    "format",
-    "model_file",
-    "model_sha256",
-    "feature_names",
-    "n_features",
-    "target",
-    "sklearn_version",
-)
+# 2: a typed signature (``inputs``: name, datatype, nullable, categories), ``outputs``, ``task``,
+# ``classes``. 1: numeric ``feature_names`` only; still served, as all-FP64 columns.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+COMMON_KEYS = ("schema_version", "name", "version", "format", "model_file", "model_sha256", "sklearn_version")
+REQUIRED_KEYS = {
+    1: (*COMMON_KEYS, "feature_names", "n_features", "target"),
+    2: (*COMMON_KEYS, "inputs", "outputs", "task", "estimator"),
+}
 
-# Types a skops file may contain beyond skops' own safe defaults. Anything else is refused:
-# a tampered or foreign artifact cannot make the loader construct arbitrary objects.
+# Types a skops file may hold beyond skops' own defaults (which cover scikit-learn's estimators,
+# numpy arrays and Python containers): the internals of the families this server is tested with
+# (trees and forests, gradient boosting, nearest neighbours, MLPs, calibration, column selectors).
+# Anything else is refused unless the operator adds it (MODEL_SERVER_TRUSTED_TYPES), so a tampered
+# or foreign artifact cannot make the loader construct arbitrary objects. ``functools.partial`` is
+# safe here because the function it wraps is checked against this same list.
 TRUSTED_TYPES: tuple[str, ...] = (
-    "sklearn.linear_model._base.LinearRegression",
-    "sklearn.linear_model._ridge.Ridge",
-    "sklearn.ensemble._forest.RandomForestRegressor",
-    "sklearn.tree._classes.DecisionTreeRegressor",
-    "sklearn.tree._tree.Tree",
-    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "builtins.object",
+    "functools.partial",
+    "numpy.dtype",
     "numpy.random._mt19937.MT19937",
     "numpy.random.mtrand.RandomState",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.compose._column_transformer.make_column_selector",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.feature_selection._univariate_selection.chi2",
+    "sklearn.feature_selection._univariate_selection.f_classif",
+    "sklearn.feature_selection._univariate_selection.f_regression",
+    "sklearn.metrics._dist_metrics.ChebyshevDistance64",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._dist_metrics.ManhattanDistance64",
+    "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils.validation.check_array",
 )
 
 
@@ -59,6 +79,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
 class Artifact:
     model: Any
     metadata: dict[str, Any]
+    signature: Signature
 
     @property
     def name(self) -> str:
@@ -68,9 +89,13 @@ class Artifact:
     def version(self) -> str:
         return str(self.metadata["version"])
 
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.metadata["feature_names"])
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the deployment pins (chart values model.version / model.sha256): anything else is refused."""
+
+    version: str = ""
+    sha256: str = ""
 
 
 def sha256_file(path: Path) -> str:
@@ -81,10 +106,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(model: Any, metadata: dict[str, Any], directory: Path, *, fmt: str = "skops") -> Path:
-    """Write ``model`` and its metadata to ``directory`` atomically; return the metadata path.
+def save(
+    model: Any,
+    metadata: dict[str, Any],
+    directory: Path,
+    *,
+    fmt: str = "skops",
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``model`` and its metadata (schema 2) to ``directory`` atomically; return the metadata path.
 
-    An existing directory is replaced only once the new one is complete.
+    An existing directory is replaced only once the new one is complete and ``verify`` (given the
+    written model file) has not raised.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +135,8 @@ def save(model: Any, metadata: dict[str, Any], directory: Path, *, fmt: str = "s
             joblib.dump(model, staging / model_file)
         else:
             raise ValueError(f"unknown artifact format {fmt!r} (expected skops or joblib)")
+        if verify is not None:
+            verify(staging / model_file)
         full = {
             **metadata,
             "schema_version": SCHEMA_VERSION,
@@ -140,23 +175,40 @@ def read_metadata(directory: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(metadata, dict):
         raise ArtifactError(f"{path} must hold a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    schema = metadata.get("schema_version")
+    if schema not in READABLE_SCHEMAS:
+        raise ArtifactError(f"{path}: schema_version {schema!r} is not one this server reads ({READABLE_SCHEMAS})")
+    missing = [key for key in REQUIRED_KEYS[schema] if key not in metadata]
     if missing:
         raise ArtifactError(f"{path} lacks {', '.join(missing)}")
-    names = metadata["feature_names"]
-    if not (
-        isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == metadata["n_features"]
-    ):
-        raise ArtifactError(f"{path}: feature_names must be n_features strings")
+    if schema == 1:
+        names = metadata["feature_names"]
+        if not (
+            isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == metadata["n_features"]
+        ):
+            raise ArtifactError(f"{path}: feature_names must be n_features strings")
     if metadata["format"] not in ("skops", "joblib"):
         raise ArtifactError(f"{path}: unknown format {metadata['format']!r}")
     return metadata
 
 
-def load(directory: Path, *, trust_pickle: bool = False) -> Artifact:
+def load(
+    directory: Path,
+    *,
+    trust_pickle: bool = False,
+    trusted_types: tuple[str, ...] = (),
+    expect: Expectations = Expectations(),
+) -> Artifact:
     """Load and verify the artifact in ``directory``; raise ArtifactError with one clear sentence."""
     directory = Path(directory)
     metadata = read_metadata(directory)
+    where = str(directory / METADATA_FILE)
+    signature = read_signature(metadata, where)
+    if expect.version and str(metadata["version"]) != expect.version:
+        raise ArtifactError(
+            f"{where} is version {metadata['version']!r}; this deployment expects {expect.version!r} "
+            "(MODEL_SERVER_EXPECTED_VERSION)"
+        )
     model_path = directory / Path(str(metadata["model_file"])).name
     if not model_path.is_file():
         raise ArtifactError(f"model file {model_path} is missing")
@@ -165,26 +217,47 @@ def load(directory: Path, *, trust_pickle: bool = False) -> Artifact:
         raise ArtifactError(
             f"sha256 mismatch for {model_path}: metadata says {metadata['model_sha256']}, file is {actual}"
         )
+    if expect.sha256 and actual != expect.sha256:
+        raise ArtifactError(
+            f"{model_path} has sha256 {actual}; this deployment expects {expect.sha256} (MODEL_SERVER_EXPECTED_SHA256)"
+        )
     if metadata["sklearn_version"] != sklearn.__version__:
         raise ArtifactError(
             f"artifact was trained with scikit-learn {metadata['sklearn_version']}, "
             f"this server runs {sklearn.__version__}; retrain or use a matching image"
         )
-    model = _deserialise(model_path, metadata["format"], trust_pickle)
-    if not hasattr(model, "predict"):
-        raise ArtifactError(f"{model_path} holds a {type(model).__name__}, which has no predict()")
-    n_in = getattr(model, "n_features_in_", metadata["n_features"])
-    if n_in != metadata["n_features"]:
-        raise ArtifactError(f"model expects {n_in} features, metadata says {metadata['n_features']}")
-    return Artifact(model=model, metadata=metadata)
+    model = deserialise(model_path, metadata["format"], trust_pickle, trusted_types)
+    signature = check_model_matches(model, signature, str(model_path))
+    return Artifact(model=model, metadata=metadata, signature=signature)
 
 
-def _deserialise(path: Path, fmt: str, trust_pickle: bool) -> Any:
+def check_model_matches(model: Any, signature: Signature, where: str) -> Signature:
+    """The estimator takes exactly the signature's columns: by name (in order) when it was fitted on a
+    DataFrame, else by count. Returns the signature, marked ``frame`` when the model knows names."""
+    if not any(hasattr(model, method) for method in OUTPUT_METHODS):
+        raise ArtifactError(f"{where} holds a {type(model).__name__}, which has none of {', '.join(OUTPUT_METHODS)}")
+    n_in = getattr(model, "n_features_in_", len(signature))
+    if n_in != len(signature):
+        raise ArtifactError(f"{where}: the model expects {n_in} features; the signature lists {len(signature)}")
+    fitted_names = getattr(model, "feature_names_in_", None)
+    if fitted_names is None:
+        return signature
+    if [str(n) for n in fitted_names] != list(signature.names):
+        raise ArtifactError(
+            f"{where}: the model was fitted on columns {', '.join(map(str, fitted_names))}; "
+            f"the signature lists {', '.join(signature.names)}"
+        )
+    return signature if signature.frame else dataclasses.replace(signature, frame=True)
+
+
+def deserialise(path: Path, fmt: str, trust_pickle: bool, trusted_types: tuple[str, ...] = ()) -> Any:
+    """The estimator in ``path``: skops checked against the trusted types, a pickle only when trusted."""
     if fmt == "joblib":
         if not trust_pickle:
             raise ArtifactError(
                 f"{path} is a pickle-based artifact; loading it can run arbitrary code. "
-                "Convert it to skops, or set MODEL_SERVER_TRUST_PICKLE=true for artifacts you built"
+                "Convert it to skops (scripts/package-model), or set MODEL_SERVER_TRUST_PICKLE=true for "
+                "artifacts you built"
             )
         import joblib
 
@@ -194,13 +267,25 @@ def _deserialise(path: Path, fmt: str, trust_pickle: bool) -> Any:
             raise ArtifactError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from None
     import skops.io
 
-    try:
-        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
-    except Exception as exc:  # not a zip, truncated, or not a skops file at all
-        raise ArtifactError(f"{path} is not a readable skops file: {type(exc).__name__}: {exc}") from None
+    trusted = (*TRUSTED_TYPES, *trusted_types)
+    untrusted = untrusted_types(path, trusted)
     if untrusted:
-        raise ArtifactError(f"{path} contains types that are not trusted: {', '.join(sorted(untrusted))}")
+        raise ArtifactError(
+            f"{path} contains types that are not trusted: {', '.join(untrusted)} "
+            "(if you trust them, list them in MODEL_SERVER_TRUSTED_TYPES)"
+        )
     try:
-        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+        return skops.io.load(path, trusted=list(trusted))
     except Exception as exc:
         raise ArtifactError(f"{path} could not be loaded: {type(exc).__name__}: {exc}") from None
+
+
+def untrusted_types(path: Path, trusted: tuple[str, ...]) -> list[str]:
+    """The types in the skops file at ``path`` that neither skops nor ``trusted`` vouches for."""
+    import skops.io
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # not a zip, truncated, or not a skops file at all
+        raise ArtifactError(f"{path} is not a readable skops file: {type(exc).__name__}: {exc}") from None
+    return sorted(t for t in found if t not in trusted)

@@ -1,76 +1,208 @@
 """Server settings, read once from the environment into one typed, validated object.
 
-Nothing else in the package reads ``os.environ``: every knob is a field here, with its
-environment variable, default and bounds in one place (the README's configuration table
-is generated from ``FIELDS``).
+Nothing else in the package reads ``os.environ``: every knob is a ``Setting`` here that holds its
+environment variable, default, meaning and parser together (the README's configuration table is
+generated from ``FIELDS``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 WORKER_CLASSES = ("gevent", "sync", "gthread")
+# What a model may be asked for, besides the row-level explanations that come later.
+OUTPUT_METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "transform")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ConfigError(ValueError):
     """An environment variable holds a value the server cannot use."""
 
 
+Parser = Callable[[str, str], object]  # (variable, raw value) -> typed value, or ConfigError
+
+
+def text(env: str, raw: str) -> str:
+    return raw
+
+
+def boolean(env: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{env}={raw!r} is not a boolean (true/false)")
+
+
+def directory(env: str, raw: str) -> Path:
+    if not raw:
+        raise ConfigError(f"{env} is empty")
+    return Path(raw)
+
+
 @dataclass(frozen=True)
-class Field:
+class Integer:
+    minimum: int
+    maximum: int
+
+    def __call__(self, env: str, raw: str) -> int:
+        try:
+            number = int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a whole number") from None
+        if not self.minimum <= number <= self.maximum:
+            raise ConfigError(f"{env}={number} is out of range {self.minimum}..{self.maximum}")
+        return number
+
+    def describe(self) -> str:
+        return f" Range {self.minimum}..{self.maximum}."
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    def __call__(self, env: str, raw: str) -> str:
+        if raw.lower() not in self.options:
+            raise ConfigError(f"{env}={raw!r} is not one of {', '.join(self.options)}")
+        return raw.lower()
+
+
+@dataclass(frozen=True)
+class NameList:
+    """A comma-separated list; each entry must be one of ``allowed`` when that is given."""
+
+    allowed: tuple[str, ...] = ()
+    non_empty: bool = False
+
+    def __call__(self, env: str, raw: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in raw.split(",") if part.strip())
+        if self.non_empty and not names:
+            raise ConfigError(f"{env} is empty; name at least one of {', '.join(self.allowed)}")
+        unknown = [name for name in names if self.allowed and name not in self.allowed]
+        if unknown:
+            raise ConfigError(f"{env} names {', '.join(unknown)}; known: {', '.join(self.allowed)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{env}={raw!r} names an entry twice")
+        return names
+
+
+def sha256_hex(env: str, raw: str) -> str:
+    if raw and not _SHA256.match(raw.lower()):
+        raise ConfigError(f"{env}={raw!r} is not a sha256 (64 hexadecimal characters)")
+    return raw.lower()
+
+
+@dataclass(frozen=True)
+class Setting:
     env: str
     default: str
     doc: str
-    minimum: int | None = None
-    maximum: int | None = None
+    parse: Parser = text
+
+    def describe(self) -> str:
+        describe = getattr(self.parse, "describe", None)
+        return self.doc + (describe() if describe else "")
 
 
-# name -> (environment variable, default, meaning). Order is the documentation order.
-FIELDS: dict[str, Field] = {
-    "host": Field("HOST", "127.0.0.1", "Address to bind; the image sets 0.0.0.0."),
-    "port": Field("PORT", "8080", "TCP port to bind.", 1, 65535),
-    "workers": Field("MODEL_SERVER_WORKERS", "2", "gunicorn worker processes.", 1, 256),
-    "worker_class": Field(
+# Field name -> setting. Order is the documentation order.
+FIELDS: dict[str, Setting] = {
+    "host": Setting("HOST", "127.0.0.1", "Address to bind; the image sets 0.0.0.0."),
+    "port": Setting("PORT", "8080", "TCP port to bind.", Integer(1, 65535)),
+    "workers": Setting("MODEL_SERVER_WORKERS", "2", "gunicorn worker processes.", Integer(1, 256)),
+    "worker_class": Setting(
         "MODEL_SERVER_WORKER_CLASS",
         "gevent",
         "gunicorn worker type: gevent (keep-alive; a slow client holds no worker), sync, or gthread.",
+        Choice(WORKER_CLASSES),
     ),
-    "worker_connections": Field(
-        "MODEL_SERVER_WORKER_CONNECTIONS", "100", "Most simultaneous connections per gevent worker.", 1, 100_000
+    "worker_connections": Setting(
+        "MODEL_SERVER_WORKER_CONNECTIONS",
+        "100",
+        "Most simultaneous connections per gevent worker.",
+        Integer(1, 100_000),
     ),
-    "threads": Field("MODEL_SERVER_THREADS", "4", "Threads per worker, for the gthread worker class.", 1, 256),
-    "timeout": Field(
-        "MODEL_SERVER_TIMEOUT", "30", "Seconds a worker may spend on one request before it is restarted.", 1, 3600
+    "threads": Setting(
+        "MODEL_SERVER_THREADS", "4", "Threads per worker, for the gthread worker class.", Integer(1, 256)
     ),
-    "graceful_timeout": Field(
-        "MODEL_SERVER_GRACEFUL_TIMEOUT", "20", "Seconds in-flight requests get to finish after SIGTERM.", 1, 3600
+    "timeout": Setting(
+        "MODEL_SERVER_TIMEOUT",
+        "30",
+        "Seconds a worker may spend on one request before it is restarted.",
+        Integer(1, 3600),
     ),
-    "keepalive": Field(
-        "MODEL_SERVER_KEEPALIVE", "5", "Seconds an idle keep-alive connection is held (gevent, gthread).", 0, 600
+    "graceful_timeout": Setting(
+        "MODEL_SERVER_GRACEFUL_TIMEOUT",
+        "20",
+        "Seconds in-flight requests get to finish after SIGTERM.",
+        Integer(1, 3600),
     ),
-    "max_body_bytes": Field(
-        "MODEL_SERVER_MAX_BODY_BYTES", "4194304", "Largest request body accepted; larger gets 413.", 1024, 1 << 30
+    "keepalive": Setting(
+        "MODEL_SERVER_KEEPALIVE",
+        "5",
+        "Seconds an idle keep-alive connection is held (gevent, gthread).",
+        Integer(0, 600),
     ),
-    "max_rows": Field(
-        "MODEL_SERVER_MAX_ROWS", "10000", "Most rows one request may ask for; more gets 413.", 1, 10_000_000
+    "max_body_bytes": Setting(
+        "MODEL_SERVER_MAX_BODY_BYTES",
+        "4194304",
+        "Largest request body accepted; larger gets 413.",
+        Integer(1024, 1 << 30),
     ),
-    "log_level": Field("MODEL_SERVER_LOG_LEVEL", "info", "Log level: debug, info, warning, error, critical."),
-    "access_log": Field("MODEL_SERVER_ACCESS_LOG", "true", "Write one JSON access-log line per request."),
-    "model_dir": Field("MODEL_SERVER_MODEL_DIR", "/models/default", "Model artifact directory to serve."),
-    "model_name": Field("MODEL_SERVER_MODEL_NAME", "", "Name to serve the model under (default: from its metadata)."),
-    "trust_pickle": Field(
+    "max_rows": Setting(
+        "MODEL_SERVER_MAX_ROWS", "10000", "Most rows one request may ask for; more gets 413.", Integer(1, 10_000_000)
+    ),
+    "log_level": Setting(
+        "MODEL_SERVER_LOG_LEVEL", "info", "Log level: debug, info, warning, error, critical.", Choice(LOG_LEVELS)
+    ),
+    "access_log": Setting("MODEL_SERVER_ACCESS_LOG", "true", "Write one JSON access-log line per request.", boolean),
+    "model_dir": Setting("MODEL_SERVER_MODEL_DIR", "/models/default", "Model artifact directory to serve.", directory),
+    "model_name": Setting("MODEL_SERVER_MODEL_NAME", "", "Name to serve the model under (default: from its metadata)."),
+    "expected_version": Setting(
+        "MODEL_SERVER_EXPECTED_VERSION",
+        "",
+        "Model version the artifact must carry, or it is refused (stays not ready); empty accepts any.",
+    ),
+    "expected_sha256": Setting(
+        "MODEL_SERVER_EXPECTED_SHA256",
+        "",
+        "sha256 the artifact's model file must have, or it is refused (stays not ready); empty accepts any.",
+        sha256_hex,
+    ),
+    "default_outputs": Setting(
+        "MODEL_SERVER_DEFAULT_OUTPUTS",
+        "predict",
+        "Outputs answered when a request names none, comma-separated (the first is V1's `predictions`): "
+        + ", ".join(OUTPUT_METHODS)
+        + ".",
+        NameList(OUTPUT_METHODS, non_empty=True),
+    ),
+    "trust_pickle": Setting(
         "MODEL_SERVER_TRUST_PICKLE",
         "false",
         "Allow joblib/pickle artifacts. Unpickling runs code: only for artifacts you built yourself.",
+        boolean,
     ),
-    "reload_interval": Field(
-        "MODEL_SERVER_RELOAD_INTERVAL", "5", "Seconds between retries to load an artifact that failed to load.", 1, 3600
+    "trusted_types": Setting(
+        "MODEL_SERVER_TRUSTED_TYPES",
+        "",
+        "Extra types a skops artifact may contain, comma-separated, beyond the built-in list "
+        "(never read from the artifact itself).",
+        NameList(),
     ),
-    "metrics_dir": Field(
+    "reload_interval": Setting(
+        "MODEL_SERVER_RELOAD_INTERVAL",
+        "5",
+        "Seconds between retries to load an artifact that failed to load.",
+        Integer(1, 3600),
+    ),
+    "metrics_dir": Setting(
         "PROMETHEUS_MULTIPROC_DIR", "", "Directory shared by workers for metrics (gunicorn.conf.py sets one in /tmp)."
     ),
 }
@@ -93,7 +225,11 @@ class Settings:
     access_log: bool
     model_dir: Path
     model_name: str
+    expected_version: str
+    expected_sha256: str
+    default_outputs: tuple[str, ...]
     trust_pickle: bool
+    trusted_types: tuple[str, ...]
     reload_interval: int
     metrics_dir: str
 
@@ -103,48 +239,15 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for f in fields(cls):
-            spec = FIELDS[f.name]
-            raw = environ.get(spec.env, spec.default).strip()
-            values[f.name] = _convert(f.name, spec, raw)
+            setting = FIELDS[f.name]
+            values[f.name] = setting.parse(setting.env, environ.get(setting.env, setting.default).strip())
         return cls(**values)  # type: ignore[arg-type]
-
-
-def _convert(name: str, spec: Field, raw: str) -> object:
-    if spec.minimum is not None:
-        try:
-            number = int(raw)
-        except ValueError:
-            raise ConfigError(f"{spec.env}={raw!r} is not a whole number") from None
-        if not spec.minimum <= number <= (spec.maximum or number):
-            raise ConfigError(f"{spec.env}={number} is out of range {spec.minimum}..{spec.maximum}")
-        return number
-    if name in ("access_log", "trust_pickle"):
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{spec.env}={raw!r} is not a boolean (true/false)")
-    if name == "worker_class":
-        if raw.lower() not in WORKER_CLASSES:
-            raise ConfigError(f"{spec.env}={raw!r} is not one of {', '.join(WORKER_CLASSES)}")
-        return raw.lower()
-    if name == "log_level":
-        if raw.lower() not in LOG_LEVELS:
-            raise ConfigError(f"{spec.env}={raw!r} is not one of {', '.join(LOG_LEVELS)}")
-        return raw.lower()
-    if name == "model_dir":
-        if not raw:
-            raise ConfigError(f"{spec.env} is empty")
-        return Path(raw)
-    return raw
 
 
 def markdown_table() -> str:
     """The configuration reference README.md shows (scripts/docs writes it; a test keeps it current)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for spec in FIELDS.values():
-        default = f"`{spec.default}`" if spec.default else "(empty)"
-        bounds = f" Range {spec.minimum}..{spec.maximum}." if spec.minimum is not None else ""
-        rows.append(f"| `{spec.env}` | {default} | {spec.doc}{bounds} |")
+    for setting in FIELDS.values():
+        default = f"`{setting.default}`" if setting.default else "(empty)"
+        rows.append(f"| `{setting.env}` | {default} | {setting.describe()} |")
     return "\n".join(rows)

@@ -1,25 +1,57 @@
-"""The one exception type for errors a client can cause, and what a client is told for any error."""
+"""Errors a client can cause, each class carrying its HTTP status; and the artifact's own error.
 
-from werkzeug.exceptions import HTTPException
+Nothing here knows the web framework: protocol and model code raise ``Unprocessable("column
+'island' ...")`` and the HTTP shell (routes.py) turns any ClientError into ``{"error": ...}``
+with ``status``.
+"""
 
 
 class ClientError(Exception):
-    """A request the server refuses: carries the HTTP status and a message safe to show the client."""
+    """A request the server refuses. The message is safe to show the client and names what is wrong."""
 
-    def __init__(self, status: int, message: str) -> None:
+    status = 400
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
+
+
+class BadRequest(ClientError):
+    """The body is not a well-formed request of its protocol (malformed JSON, wrong member types)."""
+
+    status = 400
+
+
+class NotFound(ClientError):
+    """No such model or version is served here."""
+
+    status = 404
+
+
+class PayloadTooLarge(ClientError):
+    """The body or its row count is over the configured limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(ClientError):
+    """The Content-Type is not one the protocol speaks."""
+
+    status = 415
+
+
+class Unprocessable(ClientError):
+    """A well-formed request the model cannot take: a missing or unknown column, a wrong datatype,
+    a null where the column is not nullable, a value the model refuses."""
+
+    status = 422
+
+
+class NotReady(ClientError):
+    """The model is not loaded (yet): the server is live but cannot predict."""
+
+    status = 503
 
 
 class ArtifactError(Exception):
     """A model artifact that cannot be served: missing, tampered, incompatible or unsafe."""
-
-
-def status_and_message(exc: BaseException) -> tuple[int, str]:
-    """The status and ``{"error": ...}`` message for ``exc``, the same from Flask and from the fast path."""
-    if isinstance(exc, ClientError):
-        return exc.status, exc.message
-    if isinstance(exc, HTTPException):
-        return exc.code or 500, f"{exc.name}: {exc.description}"
-    return 500, "internal server error"  # details go to the log, never to the client

@@ -20,9 +20,9 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map
 
 from . import v2
-from .errors import ClientError, status_and_message
+from .errors import BadRequest, ClientError
 from .middleware import ROUTE_ENVIRON_KEY
-from .routes import Handler
+from .routes import Handler, status_and_message
 
 log = logging.getLogger("model_server.fastpath")
 
@@ -95,7 +95,7 @@ class PredictionFastPath:
             try:
                 size = int(length)
             except ValueError:
-                raise ClientError(400, f"Content-Length {length!r} is not a number") from None
+                raise BadRequest(f"Content-Length {length!r} is not a number") from None
             if size > self.max_body_bytes:
                 raise RequestEntityTooLarge()
             return stream.read(size) if size else b""

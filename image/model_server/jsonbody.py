@@ -13,20 +13,24 @@ from typing import Any
 
 import orjson
 
-from .errors import ClientError
+from .errors import BadRequest
 
 # A whole string, with the colon that makes it a key; or a run of anything else.
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"\s*(:)?|[^"]+')
 
 
 def loads(raw: bytes) -> Any:
-    """Parse a request body; ClientError 400 naming the problem for anything but one unambiguous JSON value."""
+    """Parse a request body; BadRequest naming the problem for anything but one unambiguous JSON value."""
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ClientError(400, f"malformed JSON: {exc}") from None
-    if b":" in raw and _raw_members(raw) != _parsed_members(value):
-        raise ClientError(400, "malformed JSON: an object repeats a key")
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if b":" in raw:
+        members = _raw_members(raw)
+        # The quick count skips rows of scalars; only a body it does not add up for is walked in full,
+        # so a list mixing rows and objects is not mistaken for a repeated key.
+        if members != _parsed_members(value, quick=True) and members != _parsed_members(value, quick=False):
+            raise BadRequest("malformed JSON: an object repeats a key")
     return value
 
 
@@ -34,14 +38,16 @@ def _raw_members(raw: bytes) -> int:
     return sum(1 for match in _TOKENS.finditer(raw) if match.group(1))
 
 
-def _parsed_members(value: Any) -> int:
+def _parsed_members(value: Any, *, quick: bool) -> int:
     if isinstance(value, dict):
-        return len(value) + sum(_parsed_members(v) for v in value.values() if isinstance(v, (dict, list)))
-    if not isinstance(value, list) or not value or not isinstance(value[0], (dict, list)):
+        return len(value) + sum(_parsed_members(v, quick=quick) for v in value.values() if isinstance(v, dict | list))
+    if not isinstance(value, list) or not value:
         return 0
     first = value[0]
-    if isinstance(first, list) and first and not isinstance(first[0], (dict, list)):
-        # Rows of numbers (tensor data) hold no objects; a body hiding one there is refused anyway
-        # as non-numeric data, so the walk stops here instead of visiting every row.
+    if quick and (
+        not isinstance(first, dict | list)
+        or (isinstance(first, list) and first and not isinstance(first[0], dict | list))
+    ):
+        # Tensor data and rows of scalars hold no objects: the quick count does not visit every row.
         return 0
-    return sum(_parsed_members(v) for v in value if isinstance(v, (dict, list)))
+    return sum(_parsed_members(v, quick=quick) for v in value if isinstance(v, dict | list))

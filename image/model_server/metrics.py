@@ -34,6 +34,11 @@ MODEL_INFO = Gauge(
     ["name", "version"],
     multiprocess_mode="max",
 )
+MODEL_READY = Gauge(
+    "model_server_model_ready",
+    "1 when a verified model is loaded and answering, 0 while none is (the artifact was refused).",
+    multiprocess_mode="livemax",
+)
 MODEL_LOAD_FAILURES = Counter(
     "model_server_model_load_failures_total", "Attempts to load a model artifact that failed."
 )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .signature import Signature
+
+if TYPE_CHECKING:
+    from .model import Served
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -18,16 +23,25 @@ def _path_param(name: str, example: str) -> dict[str, Any]:
     }
 
 
-_NAME = _path_param("name", "diabetes")
-_VERSION = _path_param("version", "1")
-_ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
-EXAMPLES = {
-    "V1Request": {"instances": [_ROW]},
-    "InferenceRequest": {
-        "id": "1",
-        "inputs": [{"name": "input-0", "shape": [1, 10], "datatype": "FP64", "data": _ROW}],
-    },
-}
+_SCALAR = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+_NULLABLE_SCALAR = {**_SCALAR, "nullable": True}
+
+
+def examples(signature: Signature | None) -> dict[str, Any]:
+    """Request examples built from the model's signature (each column's typical value)."""
+    if signature is None:
+        row: list[Any] = [0.0]
+        v2_inputs = [{"name": "input-0", "shape": [1, 1], "datatype": "FP64", "data": row}]
+    else:
+        row = signature.example_row()
+        v2_inputs = [
+            {"name": column.name, "shape": [1], "datatype": column.datatype, "data": [column.example]}
+            for column in signature.columns
+        ]
+    return {
+        "V1Request": {"instances": [row]},
+        "InferenceRequest": {"id": "1", "inputs": v2_inputs},
+    }
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -40,7 +54,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "Unknown model or version",
         413: "Body or row count over the limit",
         415: "Unsupported Content-Type",
-        422: "Well-formed request the model cannot take (shape, features, datatype, non-finite values)",
+        422: "Well-formed request the model cannot take (a missing or unknown column, a wrong datatype, "
+        "a null where the column is not nullable, a non-finite value, a value the model refuses)",
         503: "Model not ready",
     }
     return {str(code): _json(_ERROR, meaning[code]) for code in codes}
@@ -56,9 +71,12 @@ def _get(
 
 
 def _post(
-    summary: str, request: dict[str, Any], response: dict[str, Any], params: list[dict[str, Any]] | None
+    summary: str,
+    request: dict[str, Any],
+    response: dict[str, Any],
+    params: list[dict[str, Any]] | None,
+    example: dict[str, Any],
 ) -> dict[str, Any]:
-    example = EXAMPLES[request["$ref"].rsplit("/", 1)[1]]
     operation: dict[str, Any] = {
         "summary": summary,
         "requestBody": {"required": True, "content": {"application/json": {"schema": request, "example": example}}},
@@ -116,7 +134,7 @@ SCHEMAS: dict[str, Any] = {
             "parameters": {"type": "object"},
         },
     },
-    "TensorData": {"type": "array", "items": {}},
+    "TensorData": {"type": "array", "items": {}, "description": "flat row-major or nested; null is a missing value"},
     "RequestInput": {
         "type": "object",
         "required": ["name", "shape", "datatype"],
@@ -137,6 +155,8 @@ SCHEMAS: dict[str, Any] = {
                     "FP16",
                     "FP32",
                     "FP64",
+                    "BOOL",
+                    "BYTES",
                 ],
             },
             "parameters": {"type": "object"},
@@ -166,7 +186,7 @@ SCHEMAS: dict[str, Any] = {
             "shape": {"type": "array", "items": {"type": "integer"}},
             "datatype": {"type": "string"},
             "parameters": {"type": "object"},
-            "data": {"type": "array", "items": {"type": "number"}},
+            "data": {"type": "array", "items": {"oneOf": [_SCALAR, {"type": "array", "items": {}}]}},
         },
     },
     "InferenceResponse": {
@@ -188,8 +208,8 @@ SCHEMAS: dict[str, Any] = {
                 "minItems": 1,
                 "items": {
                     "oneOf": [
-                        {"type": "array", "items": {"type": "number"}},
-                        {"type": "object", "additionalProperties": {"type": "number"}},
+                        {"type": "array", "items": _NULLABLE_SCALAR},
+                        {"type": "object", "additionalProperties": _NULLABLE_SCALAR},
                     ]
                 },
             }
@@ -198,7 +218,7 @@ SCHEMAS: dict[str, Any] = {
     "V1Response": {
         "type": "object",
         "required": ["predictions"],
-        "properties": {"predictions": {"type": "array", "items": {"type": "number"}}},
+        "properties": {"predictions": {"type": "array", "items": {"oneOf": [_SCALAR, {"type": "array", "items": {}}]}}},
     },
     "ModelList": {
         "type": "object",
@@ -208,30 +228,34 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(version: str) -> dict[str, Any]:
-    """The whole OpenAPI document for this server version."""
-    v2_infer = _post("V2 inference", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME])
+def document(version: str, model_name: str = "", served: Served | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document for this server version, with examples for the served model."""
+    name = _path_param("name", model_name or "model")
+    version_param = _path_param("version", served.version if served is not None else "1")
+    example = examples(served.runner.signature if served is not None else None)
+    v1, v2 = example["V1Request"], example["InferenceRequest"]
+    v2_infer = _post("V2 inference", _ref("InferenceRequest"), _ref("InferenceResponse"), [name], v2)
     v2_infer_version = _post(
-        "V2 inference, one version", _ref("InferenceRequest"), _ref("InferenceResponse"), [_NAME, _VERSION]
+        "V2 inference, one version", _ref("InferenceRequest"), _ref("InferenceResponse"), [name, version_param], v2
     )
     paths = {
         "/v2": _get("Server metadata", _ref("ServerMetadata")),
         "/v2/health/live": _get("Liveness", _ref("Live")),
         "/v2/health/ready": _get("Readiness: 200 when the model is loaded", _ref("Ready"), 503),
-        "/v2/models/{name}": _get("Model metadata", _ref("ModelMetadata"), 404, 503, params=[_NAME]),
+        "/v2/models/{name}": _get("Model metadata", _ref("ModelMetadata"), 404, 503, params=[name]),
         "/v2/models/{name}/versions/{version}": _get(
-            "Model metadata, one version", _ref("ModelMetadata"), 404, 503, params=[_NAME, _VERSION]
+            "Model metadata, one version", _ref("ModelMetadata"), 404, 503, params=[name, version_param]
         ),
-        "/v2/models/{name}/ready": _get("Model readiness", _ref("ModelReady"), 404, 503, params=[_NAME]),
+        "/v2/models/{name}/ready": _get("Model readiness", _ref("ModelReady"), 404, 503, params=[name]),
         "/v2/models/{name}/versions/{version}/ready": _get(
-            "Model readiness, one version", _ref("ModelReady"), 404, 503, params=[_NAME, _VERSION]
+            "Model readiness, one version", _ref("ModelReady"), 404, 503, params=[name, version_param]
         ),
         "/v2/models/{name}/infer": v2_infer,
         "/v2/models/{name}/versions/{version}/infer": v2_infer_version,
         "/v1/models": _get("Models served (KServe V1)", _ref("ModelList")),
-        "/v1/models/{name}": _get("Model readiness (KServe V1)", _ref("ModelReady"), 404, 503, params=[_NAME]),
-        "/v1/models/{name}:predict": _post("KServe V1 prediction", _ref("V1Request"), _ref("V1Response"), [_NAME]),
-        "/predict": _post("V1 prediction for the served model", _ref("V1Request"), _ref("V1Response"), None),
+        "/v1/models/{name}": _get("Model readiness (KServe V1)", _ref("ModelReady"), 404, 503, params=[name]),
+        "/v1/models/{name}:predict": _post("KServe V1 prediction", _ref("V1Request"), _ref("V1Response"), [name], v1),
+        "/predict": _post("V1 prediction for the served model", _ref("V1Request"), _ref("V1Response"), None, v1),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics, aggregated over workers",
@@ -250,3 +274,26 @@ def document(version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": SCHEMAS},
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model_server.openapi ARTIFACT_DIR``: the artifact's name, then example V1 and V2
+    bodies, one per line (what scripts/serve prints as curl commands)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from . import artifact
+    from .signature import read
+
+    argv = sys.argv[1:] if argv is None else argv
+    metadata = artifact.read_metadata(Path(argv[0]))
+    bodies = examples(read(metadata, argv[0]))
+    print(metadata["name"])
+    print(json.dumps(bodies["V1Request"]))
+    print(json.dumps({"inputs": bodies["InferenceRequest"]["inputs"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,9 @@
 
 The request path for a prediction, top to bottom: ``fastpath.PredictionFastPath`` (or Flask, for the
 same routes in tests and as the fallback) -> ``v1_handler``/``infer_handler``: ``decode_body`` ->
-``v1``/``v2.parse_request`` (-> ``tensors``) -> ``ModelHolder.predict`` -> ``encode_response`` -> ``dumps``.
+``v1``/``v2.parse_request`` (-> ``columns``: a checked Batch) -> ``ModelRunner.run`` (-> ``codecs``:
+what the estimator takes; its methods) -> ``encode_response`` -> ``dumps``. This module is the HTTP
+shell: the only one that turns a ClientError into a status.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from collections.abc import Callable
 
 import orjson
 from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from . import __version__, jsonbody, metrics, openapi, v1, v2
 from .config import Settings
-from .errors import ClientError
-from .model import ModelHolder
+from .errors import BadRequest, ClientError, UnsupportedMediaType
+from .model import ModelHolder, Served
 
 SERVER_NAME = "model-server"
 EXTENSIONS = ["binary_tensor_data"]
@@ -30,13 +33,22 @@ Handler = Callable[[bytes, str, "str | None", dict[str, "str | None"]], Predicti
 def decode_body(raw: bytes, mimetype: str, binary_header: str | None) -> tuple[object, bytes]:
     """The decoded JSON body and, for the V2 binary extension (``binary_header`` set), the bytes after it."""
     if binary_header is None and mimetype not in _JSON_TYPES and not mimetype.endswith("+json"):
-        raise ClientError(415, f"Content-Type {mimetype!r} is not supported; send application/json")
+        raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not supported; send application/json")
     binary = b""
     if binary_header is not None:
         if not binary_header.isdigit() or int(binary_header) > len(raw):
-            raise ClientError(400, f"{v2.BINARY_HEADER} {binary_header!r} must be a byte count within the body")
+            raise BadRequest(f"{v2.BINARY_HEADER} {binary_header!r} must be a byte count within the body")
         raw, binary = raw[: int(binary_header)], raw[int(binary_header) :]
     return jsonbody.loads(raw), binary
+
+
+def status_and_message(exc: BaseException) -> tuple[int, str]:
+    """The status and ``{"error": ...}`` message for ``exc``, the same from Flask and from the fast path."""
+    if isinstance(exc, ClientError):
+        return exc.status, exc.message
+    if isinstance(exc, HTTPException):
+        return exc.code or 500, f"{exc.name}: {exc.description}"
+    return 500, "internal server error"  # details go to the log, never to the client
 
 
 def dumps(payload: object) -> bytes:
@@ -64,7 +76,6 @@ class ModelNameConverter(BaseConverter):
 def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, Handler]:
     """Add every route to ``app``; return the prediction handlers by endpoint, for the fast path."""
     app.url_map.converters["model"] = ModelNameConverter
-    max_rows = settings.max_rows
 
     # ---- Open Inference Protocol (V2) -------------------------------------------------
     @app.get("/v2")
@@ -84,16 +95,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
     @app.get("/v2/models/<model:name>")
     @app.get("/v2/models/<model:name>/versions/<model:version>")
     def model_metadata(name: str, version: str | None = None) -> Response:
-        current = holder.require(name, version)
-        return json_response(
-            {
-                "name": holder.name,
-                "versions": [current.version],
-                "platform": "sklearn",
-                **v2.tensor_metadata(current.feature_names),
-                "parameters": {"feature_names": current.feature_names, "estimator": current.metadata.get("estimator")},
-            }
-        )
+        return json_response(metadata(holder.name, holder.require(name, version)))
 
     @app.get("/v2/models/<model:name>/ready")
     @app.get("/v2/models/<model:name>/versions/<model:version>/ready")
@@ -102,13 +104,16 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         return json_response({"name": holder.name, "ready": True})
 
     def infer_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
-        current = holder.require(args["name"], args.get("version"))
+        served = holder.require(args["name"], args.get("version"))
+        runner = served.runner
         body, binary = decode_body(raw, mimetype, header)
-        parsed = v2.parse_request(body, binary, current.feature_names, max_rows)
-        predictions = holder.predict(parsed.matrix, "v2")
-        payload, binary_out = v2.encode_response(predictions, parsed, holder.name, current.version)
+        parsed = v2.parse_request(
+            body, binary, runner.signature, runner.outputs, served.default_outputs, settings.max_rows
+        )
+        results = runner.run(parsed.batch, parsed.outputs, "v2")
+        payload, binary_out = v2.encode_response(results, runner.outputs, parsed, holder.name, served.version)
         encoded = dumps(payload)
-        if not binary_out:
+        if not binary_out and not parsed.binary_outputs:
             return encoded, [("Content-Type", "application/json")]
         return encoded + binary_out, [
             ("Content-Type", "application/octet-stream"),
@@ -132,10 +137,14 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     def v1_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
         # /predict names no model: it is the loaded one.
-        current = holder.require(args.get("name") or holder.name)
+        served = holder.require(args.get("name") or holder.name)
+        runner = served.runner
         body, _ = decode_body(raw, mimetype, None)
-        matrix = v1.parse_request(body, current.feature_names, max_rows)
-        return dumps(v1.encode_response(holder.predict(matrix, "v1"))), [("Content-Type", "application/json")]
+        batch = v1.parse_request(body, runner.signature, settings.max_rows)
+        output = served.default_outputs[0]
+        values = runner.run(batch, (output,), "v1")[output]
+        payload = v1.encode_response(values, runner.outputs[output].datatype)
+        return dumps(payload), [("Content-Type", "application/json")]
 
     @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
@@ -153,6 +162,31 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     @app.get("/openapi.json")
     def openapi_document() -> Response:
-        return json_response(openapi.document(__version__))
+        served = holder.served if holder.ready() else None
+        return json_response(openapi.document(__version__, holder.name, served))
 
     return {"infer": infer_handler, "predict_v1": v1_handler, "predict_alias": v1_handler}
+
+
+def metadata(name: str, served: Served) -> dict[str, object]:
+    """V2 model metadata: every input column and output with datatype and shape, classes, task."""
+    runner = served.runner
+    description = runner.description
+    parameters: dict[str, object] = {
+        "task": description.task,
+        "estimator": description.estimator,
+        "default_outputs": list(served.default_outputs),
+        "feature_names": list(runner.signature.names),
+    }
+    if description.classes is not None:
+        parameters["classes"] = list(description.classes)
+    matrix = v2.matrix_input(runner.signature)
+    if matrix is not None:
+        parameters["matrix_input"] = matrix
+    return {
+        "name": name,
+        "versions": [served.version],
+        "platform": "sklearn",
+        **v2.tensor_metadata(runner.signature, runner.outputs),
+        "parameters": parameters,
+    }

@@ -1,4 +1,9 @@
-"""KServe V1 / simple JSON: ``{"instances": [[...], ...]}`` or rows keyed by feature name."""
+"""KServe V1 / simple JSON: ``{"instances": [...]}`` -> ``{"predictions": [...]}``.
+
+Each instance is a row: a list of values in signature order (numbers, strings, booleans, null where
+the column is nullable), or an object keyed by column name. ``predictions`` carries the server's
+first default output (``predict`` unless MODEL_SERVER_DEFAULT_OUTPUTS says otherwise).
+"""
 
 from __future__ import annotations
 
@@ -6,50 +11,68 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ClientError
-from .tensors import as_numeric_array, check_matrix, check_row_count
+from . import columns
+from .columns import Batch, check_row_count
+from .errors import BadRequest, Unprocessable
+from .signature import BYTES, Signature
+
+WHERE = '"instances"'
 
 
-def parse_request(body: Any, feature_names: list[str], max_rows: int) -> np.ndarray:
-    """Decoded V1 body -> float64 matrix (rows, features)."""
+def parse_request(body: Any, signature: Signature, max_rows: int) -> Batch:
+    """Decoded V1 body -> checked batch."""
     if not isinstance(body, dict):
-        raise ClientError(400, 'body must be a JSON object like {"instances": [[...], ...]}')
+        raise BadRequest('body must be a JSON object like {"instances": [[...], ...]}')
     instances = body.get("instances", body.get("inputs"))
     if instances is None:
-        raise ClientError(400, 'body needs "instances": a list of rows')
+        raise BadRequest('body needs "instances": a list of rows')
     if not isinstance(instances, list):
-        raise ClientError(400, '"instances" must be a list of rows')
+        raise BadRequest('"instances" must be a list of rows')
     if not instances:
-        raise ClientError(422, '"instances" has no rows')
-    check_row_count(len(instances), max_rows, '"instances"')
-    if instances and isinstance(instances[0], dict):
-        matrix = _rows_from_objects(instances, feature_names)
-    else:
-        matrix = as_numeric_array(instances, '"instances"')
-    return check_matrix(matrix, len(feature_names), max_rows, '"instances"')
+        raise Unprocessable('"instances" has no rows')
+    check_row_count(len(instances), max_rows, WHERE)
+    if isinstance(instances[0], dict):
+        by_column = _columns_from_objects(instances, signature)
+        if signature.numeric:
+            rows = [list(values) for values in zip(*by_column.values(), strict=True)]
+            return _matrix(rows, signature)
+        return Batch(
+            rows=len(instances),
+            columns={c.name: columns.from_json(by_column[c.name], c, WHERE) for c in signature.columns},
+        )
+    if signature.numeric:
+        return _matrix(instances, signature)
+    return Batch(rows=len(instances), columns=columns.columns_from_rows(instances, signature, WHERE))
 
 
-def _rows_from_objects(instances: list[Any], feature_names: list[str]) -> np.ndarray:
-    expected = set(feature_names)
-    rows = []
+def _matrix(rows: list[Any], signature: Signature) -> Batch:
+    """Rows of numbers -> one float64 matrix (the fast path); a refusal names the column at fault."""
+    try:
+        array = columns.as_numeric_array(rows, WHERE)
+    except Unprocessable:
+        for index, row in enumerate(rows):
+            if not isinstance(row, list):
+                raise Unprocessable(
+                    f"{WHERE}[{index}] is {columns.json_type(row)}; do not mix objects and lists"
+                ) from None
+        columns.columns_from_rows(rows, signature, WHERE)  # raises, naming the row and column
+        raise
+    matrix = columns.check_matrix(array, signature, WHERE)
+    return Batch(rows=len(matrix), matrix=matrix)
+
+
+def _columns_from_objects(instances: list[Any], signature: Signature) -> dict[str, list[Any]]:
+    expected = set(signature.names)
+    by_column: dict[str, list[Any]] = {name: [] for name in signature.names}
     for index, row in enumerate(instances):
         if not isinstance(row, dict):
-            raise ClientError(422, f'"instances"[{index}] is not an object; do not mix objects and lists')
+            raise Unprocessable(f"{WHERE}[{index}] is not an object; do not mix objects and lists")
         if row.keys() != expected:
-            missing = sorted(expected - row.keys())
-            unknown = sorted(row.keys() - expected)
-            detail = "; ".join(
-                part
-                for part in (
-                    f"missing {', '.join(missing)}" if missing else "",
-                    f"unknown {', '.join(unknown)}" if unknown else "",
-                )
-                if part
-            )
-            raise ClientError(422, f'"instances"[{index}]: {detail}')
-        rows.append([row[name] for name in feature_names])
-    return as_numeric_array(rows, '"instances"')
+            columns.check_names(list(row), signature, f"{WHERE}[{index}]")
+        for name in signature.names:
+            by_column[name].append(row[name])
+    return by_column
 
 
-def encode_response(predictions: np.ndarray) -> dict[str, Any]:
-    return {"predictions": predictions}
+def encode_response(values: np.ndarray, datatype: str) -> dict[str, Any]:
+    return {"predictions": values.tolist() if datatype == BYTES else values}

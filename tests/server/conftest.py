@@ -37,3 +37,20 @@ def served(artifact_dir: Path) -> artifact.Artifact:
 def client(artifact_dir: Path) -> FlaskClient:
     app = create_app(make_settings(artifact_dir, MODEL_SERVER_MAX_ROWS="100", MODEL_SERVER_MAX_BODY_BYTES="65536"))
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def penguins_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The penguins demo: a classifier Pipeline with string columns and real missing values."""
+    from model_server import train
+
+    model, metadata = train.train("penguins")
+    target = tmp_path_factory.mktemp("artifact") / "penguins"
+    artifact.save(model, metadata, target)
+    return target
+
+
+@pytest.fixture
+def penguins_client(penguins_dir: Path) -> FlaskClient:
+    app = create_app(make_settings(penguins_dir, MODEL_SERVER_MAX_ROWS="100", MODEL_SERVER_MAX_BODY_BYTES="65536"))
+    return app.test_client()

@@ -92,13 +92,19 @@ def test_smoke_passes_against_a_real_server_and_checks_the_answer(start_server, 
     assert "ok: model diabetes v1" in capsys.readouterr().out
 
 
+def test_smoke_checks_a_classifier_pipeline_with_nulls_against_its_artifact(start_server, penguins_dir, capsys):
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(penguins_dir)})
+    assert smoke.main(["--url", server.url, "--expect-from", str(penguins_dir)]) == 0
+    assert "ok: model penguins v1 answered 2 rows identically on V1 and V2" in capsys.readouterr().out
+
+
 def test_smoke_fails_on_a_wrong_answer(start_server, artifact_dir, tmp_path, capsys):
     other = tmp_path / "other"
-    model, metadata = train.train("ridge")
+    model, metadata = train.train("diabetes", "ridge")
     artifact.save(model, metadata, other)
     server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir)})
     assert smoke.main(["--url", server.url, "--expect-from", str(other)]) == 1
-    assert "differ from" in capsys.readouterr().err
+    assert "differs from" in capsys.readouterr().err
 
 
 def test_smoke_fails_when_the_server_is_not_ready(start_server, tmp_path, capsys):

@@ -61,3 +61,20 @@ def test_responses_conform_to_the_documented_schema(client, method, path, url, b
     if body is not None and response.status_code == 200:
         request_schema = document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
         _validate(document, request_schema, body)
+
+
+@pytest.mark.parametrize("model", ["diabetes", "penguins"])
+def test_the_documented_examples_are_working_requests_for_the_served_model(request, model):
+    client = request.getfixturevalue("client" if model == "diabetes" else "penguins_client")
+    document = client.get("/openapi.json").get_json()
+    for path, url in (
+        ("/v1/models/{name}:predict", f"/v1/models/{model}:predict"),
+        ("/v2/models/{name}/infer", f"/v2/models/{model}/infer"),
+    ):
+        body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        _validate(document, body["schema"], body["example"])
+        response = client.post(url, data=orjson.dumps(body["example"]), headers=JSON)
+        assert response.status_code == 200, response.get_json()
+        schema = document["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+        _validate(document, schema, response.get_json())
+    assert document["paths"]["/v2/models/{name}"]["get"]["parameters"][0]["example"] == model

@@ -38,9 +38,16 @@ def test_model_metadata_describes_tensors(client, url):
     meta = client.get(url).get_json()
     assert meta["name"] == "diabetes"
     assert meta["versions"] == ["1"]
-    assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 10]}]
+    assert [i["name"] for i in meta["inputs"]][:3] == ["age", "sex", "bmi"]
+    assert {(i["datatype"], tuple(i["shape"]), i["parameters"]["nullable"]) for i in meta["inputs"]} == {
+        ("FP64", (-1,), False)
+    }
     assert meta["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
-    assert meta["parameters"]["feature_names"][0] == "age"
+    parameters = meta["parameters"]
+    assert parameters["matrix_input"] == {"name": "input-0", "datatype": "FP64", "shape": [-1, 10]}
+    assert (parameters["task"], parameters["estimator"]) == ("regression", "LinearRegression")
+    assert parameters["default_outputs"] == ["predict"]
+    assert parameters["feature_names"][0] == "age"
 
 
 @pytest.mark.parametrize(
@@ -62,7 +69,7 @@ def test_v1_predictions_equal_in_process_predict(client, served, url):
 
 
 def test_v1_rows_keyed_by_feature_name(client, served):
-    rows = [dict(zip(served.feature_names, row, strict=True)) for row in ROWS.tolist()]
+    rows = [dict(zip(served.signature.names, row, strict=True)) for row in ROWS.tolist()]
     response = post(client, "/v1/models/diabetes:predict", {"instances": rows})
     np.testing.assert_array_equal(response.get_json()["predictions"], served.model.predict(ROWS))
 
@@ -184,7 +191,7 @@ def test_unexpected_errors_become_a_bare_500(client, monkeypatch):
     def explode(*_args):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(holder, "_predict", explode)
+    monkeypatch.setitem(holder.served.runner.methods, "predict", explode)
     response = post(client, "/predict", {"instances": [[0.1] * 10]})
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal server error"}

@@ -27,7 +27,8 @@ def test_health_and_metadata(triton):
     server = triton.get_server_metadata()
     assert "binary_tensor_data" in server["extensions"]
     model = triton.get_model_metadata("diabetes")
-    assert model["inputs"][0]["shape"] == [-1, 10]
+    assert [tensor["name"] for tensor in model["inputs"]][:2] == ["age", "sex"]
+    assert model["parameters"]["matrix_input"]["shape"] == [-1, 10]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary tensors", "JSON tensors"])

@@ -1,0 +1,314 @@
+"""Package a model you trained yourself into a servable artifact (skops + metadata schema 2).
+
+    python -m model_server.package MODEL --name N --version V --sample DATA.csv --output DIR
+                                   [--target COLUMN] [--trust-pickle] [--trust-type TYPE ...]
+
+MODEL is a ``.skops`` file, or a joblib/pickle file (``.joblib``, ``.pkl``, ``.pickle``) that is
+read only with ``--trust-pickle`` (unpickling runs code) and converted: the artifact is always
+skops. The CSV sample (a header row and a few dozen training rows; ``--target`` names a column to
+drop) gives the signature: columns in the model's order, a datatype per column (FP64, INT64, BOOL,
+BYTES), whether it may be null, the categories seen in string columns, a typical value. The model
+must then predict on the whole sample through the same codecs the server uses, or nothing is
+written. The output directory is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifact, columns
+from .columns import Batch
+from .errors import ArtifactError, ClientError
+from .runner import ModelRunner
+from .signature import BOOL, BYTES, FP64, INT64, Column, Signature
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+MAX_CATEGORIES = 1000  # more distinct strings than this is an identifier, not a category: none recorded
+
+
+class PackageError(Exception):
+    """What is wrong with the model, the sample or the arguments: one line for the user."""
+
+
+# ---- the signature, from a sample of the training data ----------------------------------------------
+
+
+def column_of(name: str, series: Any) -> Column:
+    """One sample column -> its signature entry: datatype, nullable, categories, a typical value."""
+    import pandas as pd
+
+    missing = series.isna()
+    present = series[~missing]
+    nullable = bool(missing.any())
+    if present.empty:
+        raise PackageError(f"sample column '{name}' has no values at all: its type cannot be known")
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or (pd.api.types.is_object_dtype(dtype) and present.map(type).eq(bool).all()):
+        return Column(name, BOOL, nullable, example=bool(present.mode().iloc[0]))
+    if pd.api.types.is_integer_dtype(dtype):
+        return Column(name, INT64, nullable, example=int(np.median(present.to_numpy())))
+    if pd.api.types.is_float_dtype(dtype):
+        return Column(name, FP64, nullable, example=float(np.median(present.to_numpy())))
+    if (
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_string_dtype(dtype)
+        or pd.api.types.is_object_dtype(dtype)
+    ):
+        kinds = {type(v).__name__ for v in present}
+        if kinds != {"str"}:
+            raise PackageError(f"sample column '{name}' mixes strings with {', '.join(sorted(kinds - {'str'}))}")
+        counts = present.astype(str).value_counts()
+        categories = tuple(sorted(counts.index)) if len(counts) <= MAX_CATEGORIES else ()
+        return Column(name, BYTES, nullable, categories, example=str(counts.index[0]))
+    raise PackageError(f"sample column '{name}' has dtype {dtype}; supported: numbers, booleans, strings")
+
+
+def signature_of(model: Any, sample: Any) -> tuple[Signature, Any]:
+    """The model's signature from a sample DataFrame (target already dropped), and the sample reordered
+    to the model's columns. Names must match ``feature_names_in_`` when the model knows names."""
+    fitted = getattr(model, "feature_names_in_", None)
+    given = [str(c) for c in sample.columns]
+    if fitted is not None:
+        fitted = [str(n) for n in fitted]
+        missing = [n for n in fitted if n not in given]
+        unknown = [n for n in given if n not in fitted]
+        if missing or unknown:
+            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"not in the model: {', '.join(unknown)}"] if unknown else []
+            )
+            hint = "; if one of them is the label, pass --target" if unknown and not missing else ""
+            raise PackageError(
+                f"sample columns do not match the columns the model was fitted on ({'; '.join(problems)}); "
+                f"the model takes {', '.join(fitted)}{hint}"
+            )
+        sample = sample[fitted]
+    else:
+        n_in = getattr(model, "n_features_in_", None)
+        if n_in is not None and n_in != len(given):
+            raise PackageError(
+                f"the model takes {n_in} features (n_features_in_) but the sample has {len(given)} columns "
+                f"({', '.join(given)}); drop the target with --target or extra columns from the CSV"
+            )
+    signature = Signature(tuple(column_of(name, sample[name]) for name in sample.columns), frame=fitted is not None)
+    return signature, sample
+
+
+def batch_of(sample: Any, signature: Signature) -> Batch:
+    """The sample as the server would receive it: each column through the same checks as a request."""
+    try:
+        checked = {
+            column.name: columns.from_array(sample[column.name].to_numpy(dtype=object), column, "sample")
+            for column in signature.columns
+        }
+    except ClientError as exc:
+        raise PackageError(f"the sample does not fit its own signature: {exc.message}") from None
+    return Batch(rows=len(sample), columns=checked)
+
+
+# ---- metadata ---------------------------------------------------------------------------------------
+
+
+def estimator_name(model: Any) -> str:
+    """``Pipeline(ColumnTransformer, LogisticRegression)`` for pipelines, the class name otherwise."""
+    steps = getattr(model, "steps", None)
+    if steps:
+        return f"{type(model).__name__}({', '.join(type(step).__name__ for _, step in steps)})"
+    return type(model).__name__
+
+
+def describe(
+    model: Any,
+    sample: Any,
+    *,
+    name: str,
+    version: str,
+    target: str | None,
+    training_data: dict[str, Any],
+    labels: Any = None,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Schema-2 metadata for ``model``, proved on ``sample``: the server's runner must answer every
+    output on every sample row. With ``labels``, the sample's score is recorded. Raises PackageError."""
+    signature, sample = signature_of(model, sample)
+    try:
+        runner = ModelRunner(model, signature)
+        answers = runner.run(batch_of(sample, signature), tuple(runner.outputs), "package")
+    except (ArtifactError, ClientError) as exc:
+        message = exc.message if isinstance(exc, ClientError) else str(exc)
+        raise PackageError(f"the model cannot be served on this sample: {message}") from None
+    description = runner.description
+    if metrics is None:
+        metrics = sample_metrics(answers.get("predict"), labels, description.task, len(sample))
+    metadata: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "estimator": estimator_name(model),
+        "task": description.task,
+        "inputs": signature.to_json(),
+        "frame": signature.frame,
+        "outputs": [output.to_json() for output in runner.outputs.values()],
+        "target": target,
+        "training_data": training_data,
+        "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+    }
+    if description.classes is not None:
+        metadata["classes"] = list(description.classes)
+    if metrics:
+        metadata["metrics"] = metrics
+    return metadata
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+def read_model(path: Path, *, trust_pickle: bool, trusted_types: tuple[str, ...]) -> Any:
+    if not path.is_file():
+        raise PackageError(f"model file {path} does not exist")
+    trusted = (*artifact.TRUSTED_TYPES, *trusted_types)
+    if path.suffix == ".skops":
+        import skops.io
+
+        try:
+            untrusted = artifact.untrusted_types(path, trusted)
+        except ArtifactError as exc:
+            raise PackageError(str(exc)) from None
+        if untrusted:
+            raise PackageError(
+                f"{path} contains types that are not trusted: {', '.join(untrusted)} "
+                "(if you trust them: --trust-type TYPE here and MODEL_SERVER_TRUSTED_TYPES on the server)"
+            )
+        return skops.io.load(path, trusted=list(trusted))
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise PackageError(f"{path}: expected a .skops file or a pickle ({', '.join(PICKLE_SUFFIXES)})")
+    if not trust_pickle:
+        raise PackageError(
+            f"{path} is a pickle: loading it runs whatever code it holds. Pass --trust-pickle if you made it "
+            "yourself; the artifact will be converted to skops"
+        )
+    import joblib
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InconsistentVersionWarning)
+        try:
+            return joblib.load(path)
+        except InconsistentVersionWarning as warning:
+            raise PackageError(
+                f"{path} was pickled with scikit-learn {warning.original_sklearn_version}; the server runs "
+                f"{warning.current_sklearn_version}: re-fit the model with that version"
+            ) from None
+        except Exception as exc:
+            raise PackageError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from None
+
+
+def read_sample(path: Path, target: str | None) -> tuple[Any, Any]:
+    """The sample's feature columns and, with ``target``, that column."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise PackageError(f"sample file {path} does not exist")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PackageError(f"{path} is not a readable CSV file: {' '.join(str(exc).split())}") from None
+    if frame.empty:
+        raise PackageError(f"{path} has a header but no rows: the model cannot be proved on it")
+    duplicated = [c for c in frame.columns if str(c).endswith(".1") and str(c)[:-2] in frame.columns]
+    if duplicated:
+        raise PackageError(f"{path} repeats column(s) {', '.join(c[:-2] for c in duplicated)} in its header")
+    labels = None
+    if target is not None:
+        if target not in frame.columns:
+            raise PackageError(f"--target {target!r} is not a column of {path} ({', '.join(map(str, frame.columns))})")
+        labels = frame.pop(target)
+    return frame, labels
+
+
+def sample_metrics(predicted: np.ndarray | None, labels: Any, task: str, rows: int) -> dict[str, Any]:
+    """A score on the sample when the target is known: accuracy or R² (not a held-out claim)."""
+    metrics: dict[str, Any] = {"sample_rows": rows}
+    if predicted is None or labels is None or labels.isna().any():
+        return metrics
+    if task == "classification":
+        metrics["sample_accuracy"] = round(float(np.mean(predicted == labels.to_numpy())), 6)
+    elif task == "regression":
+        from sklearn.metrics import r2_score
+
+        metrics["sample_r2"] = round(float(r2_score(labels.to_numpy(dtype=float), predicted)), 6)
+    return metrics
+
+
+def package(args: argparse.Namespace) -> dict[str, Any]:
+    """Read, prove and write; the output directory is touched only once everything has passed."""
+    trusted_extra = tuple(args.trust_type)
+    model = read_model(args.model, trust_pickle=args.trust_pickle, trusted_types=trusted_extra)
+    sample, labels = read_sample(args.sample, args.target)
+    digest = hashlib.sha256(args.sample.read_bytes()).hexdigest()
+    metadata = describe(
+        model,
+        sample,
+        name=args.name,
+        version=args.version,
+        target=args.target,
+        labels=labels,
+        training_data={"source": args.sample.name, "sample_rows": len(sample), "fingerprint": f"sha256:{digest}"},
+    )
+
+    def server_would_load(model_file: Path) -> None:
+        # A converted pickle may hold types the server refuses: say so now, not at deploy time.
+        untrusted = artifact.untrusted_types(model_file, (*artifact.TRUSTED_TYPES, *trusted_extra))
+        if untrusted:
+            raise PackageError(
+                f"the model holds types the server does not trust: {', '.join(untrusted)} "
+                "(if you trust them: --trust-type TYPE here and MODEL_SERVER_TRUSTED_TYPES on the server)"
+            )
+
+    artifact.save(model, metadata, args.output, verify=server_would_load)
+    return artifact.read_metadata(args.output)
+
+
+def valid_name(value: str) -> str:
+    if not value or "/" in value or ":" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} must be non-empty and contain no '/' or ':'")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="package-model", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("model", type=Path, metavar="MODEL", help="fitted estimator: .skops, or .joblib/.pkl/.pickle")
+    p.add_argument("--name", type=valid_name, required=True, help="model name served in URLs")
+    p.add_argument("--version", type=valid_name, required=True, help="model version string")
+    p.add_argument("--sample", type=Path, required=True, help="CSV with a header and a few dozen training rows")
+    p.add_argument("--output", type=Path, required=True, help="artifact directory to write (replaced atomically)")
+    p.add_argument("--target", help="sample column holding the label/target: dropped from the signature")
+    p.add_argument("--trust-pickle", action="store_true", help="read a pickle (runs its code: only your own)")
+    p.add_argument("--trust-type", action="append", default=[], metavar="TYPE", help="extra skops type to trust")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        metadata = package(args)
+    except PackageError as exc:
+        print(f"package-model: {exc}", file=sys.stderr)
+        return 1
+    inputs = ", ".join(f"{c['name']} {c['datatype']}{'?' if c['nullable'] else ''}" for c in metadata["inputs"])
+    outputs = ", ".join(o["name"] for o in metadata["outputs"])
+    print(
+        f"packaged {metadata['estimator']} '{metadata['name']}' v{metadata['version']} ({metadata['task']}) "
+        f"-> {args.output}\n  inputs: {inputs}\n  outputs: {outputs}\n  sha256: {metadata['model_sha256']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The model runner: calls the requested methods of one loaded estimator on a checked batch.
+
+What the estimator can answer is found by asking it, once at load time, on an example row built
+from the signature: each of ``predict``, ``predict_proba``, ``decision_function``, ``score_samples``
+and ``transform`` that it has, with the datatype and shape its answer has. A request then names
+the outputs it wants; the runner encodes the batch once (codecs.py) and calls each method.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import codecs, compiled, metrics
+from .columns import Batch
+from .config import OUTPUT_METHODS
+from .errors import ArtifactError, Unprocessable
+from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
+
+log = logging.getLogger("model_server.runner")
+
+Method = Callable[[Any], Any]
+# Errors an estimator raises for values it cannot take (an unseen category, a NaN it cannot
+# handle): the client's input, so a 422 naming what was refused, never a 500.
+MODEL_INPUT_ERRORS = (ValueError, TypeError, ArithmeticError, IndexError, KeyError)
+_MESSAGE_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Description:
+    task: str
+    estimator: str
+    classes: tuple[Any, ...] | None
+    path: str  # how predictions are computed, for the load log line
+
+
+def task_of(model: Any) -> str:
+    from sklearn.utils import get_tags
+
+    kind = get_tags(model).estimator_type
+    return {
+        "classifier": "classification",
+        "regressor": "regression",
+        "clusterer": "clustering",
+        "outlier_detector": "outlier_detection",
+    }.get(kind or "", "transform" if hasattr(model, "transform") else "other")
+
+
+def classes_of(model: Any) -> tuple[Any, ...] | None:
+    classes = getattr(model, "classes_", None)
+    if classes is None or isinstance(classes, list):  # multi-output classifiers: one array per output
+        return None
+    return tuple(codecs.json_label(c) for c in np.asarray(classes))
+
+
+def linear_fast_predictor(model: Any, width: int) -> Method | None:
+    """The model's own arithmetic without sklearn's per-call input validation, for linear regressors.
+
+    Only for estimators whose predict path is exactly LinearModel's (``X @ coef_ + intercept_``);
+    the request checks already guarantee what that validation checks (float64, right width, finite).
+    Proved equal, bit for bit, to ``model.predict`` on a probe batch before it is used.
+    """
+    try:
+        from sklearn.linear_model import _base
+    except ImportError:  # private module moved: fall back to model.predict
+        return None
+    linear_predicts = {
+        getattr(getattr(_base, name, None), "predict", None) for name in ("LinearModel", "MultiOutputLinearModel")
+    }
+    cls = type(model)
+    if cls.predict not in linear_predicts or cls._decision_function is not _base.LinearModel._decision_function:
+        return None
+    coef = np.asarray(model.coef_)
+    coef = coef if coef.ndim == 1 else coef.T
+    intercept = model.intercept_
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        return matrix @ coef + intercept
+
+    probe = np.random.default_rng(0).normal(size=(17, width))
+    return predict if np.array_equal(predict(probe), model.predict(probe)) else None
+
+
+class ModelRunner:
+    def __init__(self, model: Any, signature: Signature) -> None:
+        self.model = model
+        self.signature = signature
+        self.codec = codecs.choose(signature)
+        self.encode: Callable[[Batch], Any] = self.codec.encode
+        self.methods: dict[str, Method] = {
+            name: getattr(model, name) for name in OUTPUT_METHODS if hasattr(model, name)
+        }
+        path = f"model methods on a {self.codec.name}"
+        fast = linear_fast_predictor(model, len(signature)) if isinstance(self.codec, codecs.MatrixCodec) else None
+        if fast is not None and "predict" in self.methods:
+            self.methods["predict"] = fast
+            path = "linear fast path"
+        else:
+            path = self._compile(path)
+        classes = classes_of(model)
+        self.description = Description(task_of(model), type(model).__name__, classes, path)
+        self.outputs = self._probe_outputs(classes)
+
+    def _compile(self, path: str) -> str:
+        """Use a compiled plan (compiled.py) when there is one and it answers the probes as sklearn does."""
+        try:
+            candidate = compiled.plan(self.model, self.signature, tuple(self.methods))
+            reference = compiled.Plan(self.encode, dict(self.methods), path)
+            problem = compiled.prove(candidate, reference, compiled.probe_batches(self.signature))
+        except compiled.NotCompilable as exc:
+            log.debug("no compiled plan: %s", exc)
+            return path
+        if problem is not None:
+            log.warning("compiled plan not used, it disagrees with scikit-learn: %s", problem)
+            return path
+        self.encode, self.methods = candidate.encode, dict(candidate.methods)
+        return candidate.path
+
+    def example_batch(self, rows: int = 1) -> Batch:
+        """A batch of the signature's example values: the load-time probe, smoke tests, docs."""
+        columns = {}
+        for column in self.signature.columns:
+            dtype = {FP64: np.float64, INT64: np.int64, BOOL: bool, BYTES: object}[column.datatype]
+            columns[column.name] = np.full(rows, column.example, dtype=dtype)
+        return Batch(rows=rows, columns=columns)
+
+    def _probe_outputs(self, classes: tuple[Any, ...] | None) -> dict[str, Output]:
+        """Ask the model for each output on the example row: what it answers, typed and shaped."""
+        example = self.example_batch()
+        outputs: dict[str, Output] = {}
+        for name, method in self.methods.items():
+            try:
+                raw = method(self.encode(example))
+            except Exception as exc:
+                raise ArtifactError(
+                    f"the model's {name}() fails on an example row built from its signature "
+                    f"({self.signature.example_row()}): {type(exc).__name__}: {_clip(exc)}"
+                ) from None
+            if isinstance(raw, list):  # one array per output of a multi-output classifier: not one tensor
+                log.info("output %s is a list of arrays; not served", name)
+                continue
+            values = codecs.dense(raw)
+            parameters: dict[str, Any] = {}
+            if classes is not None and name in ("predict_proba", "decision_function"):
+                if values.ndim == 2 and values.shape[1] == len(classes):
+                    parameters["classes"] = list(classes)
+                elif values.ndim == 1 and len(classes) == 2:
+                    parameters["positive_class"] = classes[1]
+            outputs[name] = Output(name, codecs.output_datatype(values), (-1, *values.shape[1:]), parameters)
+        if not outputs:
+            raise ArtifactError(f"{type(self.model).__name__} answers none of {', '.join(OUTPUT_METHODS)}")
+        return outputs
+
+    def run(self, batch: Batch, names: tuple[str, ...], protocol: str) -> dict[str, np.ndarray]:
+        """Each requested output for ``batch``, typed as its Output says."""
+        model_input = self.encode(batch)
+        results: dict[str, np.ndarray] = {}
+        for name in names:
+            output = self.outputs[name]
+            # Finite inputs can still overflow (1e308 * a coefficient): those rows are refused by
+            # number below rather than answered null (JSON has no infinity) with a warning per request.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                try:
+                    raw = self.methods[name](model_input)
+                except MODEL_INPUT_ERRORS as exc:
+                    raise Unprocessable(self._refusal(name, batch, exc)) from None
+            values = codecs.as_datatype(codecs.dense(raw), output)
+            if output.datatype == FP64 and not np.isfinite(values).all():
+                bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+                rows = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+                raise Unprocessable(f"row(s) {rows} give a non-finite {name}: input values too large for this model")
+            results[name] = values
+        metrics.rows_predicted(protocol).inc(batch.rows)
+        return results
+
+    def _refusal(self, name: str, batch: Batch, exc: Exception) -> str:
+        """Why the model refused the batch, naming the column when a category is the cause."""
+        for column in self.signature.columns if "categor" in str(exc).lower() else ():
+            if column.datatype == BYTES and column.categories:
+                values = batch.column(self.signature, column.name)
+                seen = set(column.categories)
+                unseen = sorted({v for v in values if isinstance(v, str) and v not in seen})
+                if unseen:
+                    return (
+                        f"column '{column.name}' has value(s) {', '.join(map(repr, unseen[:5]))} the model was not "
+                        f"trained on (known: {', '.join(column.categories)}); the model's {name}() refused them"
+                    )
+        log.info("model refused a request: %s: %s", type(exc).__name__, _clip(exc))
+        return f"the model's {name}() refused these inputs: {_clip(exc)}"
+
+
+def _clip(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."

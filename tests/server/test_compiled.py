@@ -1,0 +1,238 @@
+"""Compiled plans answer exactly what scikit-learn answers, are used only when proved, and fall back otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from model_server import compiled, package
+from model_server.columns import Batch
+from model_server.errors import Unprocessable
+from model_server.runner import ModelRunner
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+
+RNG = np.random.default_rng(11)
+N = 200
+
+
+def data() -> pd.DataFrame:
+    x = pd.DataFrame(
+        {
+            "shade": RNG.choice(["dark", "light", "mid"], N),
+            "shape": RNG.choice(["round", "square"], N),
+            "weight": RNG.normal(50, 10, N),
+            "age": RNG.integers(0, 30, N),
+            "flag": RNG.random(N) > 0.3,
+        }
+    )
+    x.loc[::6, "weight"] = np.nan
+    x.loc[2::9, "shade"] = np.nan
+    return x
+
+
+X = data()
+Y_CLASS = np.where(X["weight"].fillna(50) + (X["shade"] == "dark") * 8 > 52, "heavy", "light")
+Y_THREE = np.digitize(X["age"], [10, 20])
+Y_REG = X["weight"].fillna(50).to_numpy() * 0.3 + X["age"].to_numpy()
+
+
+def ct(strings, numbers=None, remainder="drop", **kwargs):
+    numbers = numbers or make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+    return ColumnTransformer(
+        [("s", strings, ["shade", "shape"]), ("n", numbers, ["weight", "age"])], remainder=remainder, **kwargs
+    )
+
+
+def impute_then(encoder):
+    return make_pipeline(SimpleImputer(strategy="most_frequent"), encoder)
+
+
+PIPELINES = {
+    "one-hot + logistic (binary)": (
+        lambda: Pipeline([("p", ct(impute_then(OneHotEncoder(handle_unknown="ignore")))), ("m", LogisticRegression())]),
+        Y_CLASS,
+    ),
+    "one-hot drop=first + logistic (three classes)": (
+        lambda: Pipeline(
+            [("p", ct(impute_then(OneHotEncoder(drop="first", handle_unknown="ignore")))), ("m", LogisticRegression())]
+        ),
+        Y_THREE,
+    ),
+    "one-hot if_binary, NaN as a category, passthrough flag": (
+        lambda: Pipeline(
+            [
+                ("p", ct(OneHotEncoder(drop="if_binary", sparse_output=False), remainder="passthrough")),
+                ("m", LogisticRegression(max_iter=500)),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "ordinal with unknown and missing values + random forest": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2),
+                        SimpleImputer(strategy="constant", fill_value=0.0),
+                    ),
+                ),
+                ("m", RandomForestClassifier(n_estimators=15, random_state=0)),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "min-max clip + ridge": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        impute_then(OneHotEncoder(handle_unknown="ignore")),
+                        make_pipeline(SimpleImputer(strategy="mean"), MinMaxScaler(clip=True)),
+                    ),
+                ),
+                ("m", Ridge()),
+            ]
+        ),
+        Y_REG,
+    ),
+    "column selector + forest regressor": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ColumnTransformer(
+                        [
+                            ("s", impute_then(OrdinalEncoder()), make_column_selector(dtype_include=object)),
+                            ("n", SimpleImputer(), make_column_selector(dtype_include="number")),
+                        ]
+                    ),
+                ),
+                ("m", RandomForestRegressor(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_REG,
+    ),
+    "scaler without mean + k-means": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        impute_then(OneHotEncoder(handle_unknown="ignore")),
+                        make_pipeline(SimpleImputer(), StandardScaler(with_mean=False)),
+                    ),
+                ),
+                ("m", KMeans(n_clusters=3, n_init=2, random_state=0)),
+            ]
+        ),
+        None,
+    ),
+}
+
+
+def runner_for(model, sample):
+    signature, _ = package.signature_of(model, sample)
+    return ModelRunner(model, signature), signature
+
+
+def batch_from(frame: pd.DataFrame, signature) -> Batch:
+    return package.batch_of(frame, signature)
+
+
+def assert_equal(got, expected):
+    expected = np.asarray(expected.toarray() if hasattr(expected, "toarray") else expected)
+    if expected.dtype.kind == "f":
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+    else:
+        assert np.asarray(got).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("name", list(PIPELINES))
+def test_compiled_pipelines_are_used_and_answer_as_scikit_learn(name):
+    make, y = PIPELINES[name]
+    model = make().fit(X, y) if y is not None else make().fit(X)
+    runner, signature = runner_for(model, X)
+    assert runner.description.path.startswith("compiled preprocessing"), runner.description.path
+    fresh = data()
+    unseen = fresh.head(3).copy()
+    unseen.loc[unseen.index[1], "shape"] = "triangle"
+    for rows in (fresh, fresh.head(1), fresh.iloc[[5]], unseen):
+        try:
+            expected = {output: getattr(model, output)(rows) for output in runner.outputs}
+        except ValueError:  # an encoder with handle_unknown="error": ours refuses the same rows, naming the column
+            with pytest.raises(Unprocessable, match="column 'shape' has value"):
+                runner.run(batch_from(rows, signature), tuple(runner.outputs), "test")
+            continue
+        answers = runner.run(batch_from(rows, signature), tuple(runner.outputs), "test")
+        for output, values in answers.items():
+            assert_equal(values, expected[output])
+
+
+def test_compiled_forests_sum_trees_bit_for_bit():
+    numeric = X[["weight", "age"]].fillna(0).to_numpy()
+    for model, y in (
+        (RandomForestClassifier(n_estimators=30, random_state=1), Y_THREE),
+        (ExtraTreesRegressor(n_estimators=30, random_state=1), Y_REG),
+    ):
+        model.fit(numeric, y)
+        runner, _signature = runner_for(model, pd.DataFrame(numeric, columns=["weight", "age"]))
+        assert runner.description.path == f"compiled {type(model).__name__}"
+        rows = np.random.default_rng(2).normal([50, 15], [20, 10], size=(64, 2))
+        batch = Batch(rows=64, matrix=rows)
+        for output, values in runner.run(batch, tuple(runner.outputs), "test").items():
+            assert np.array_equal(values, getattr(model, output)(rows)), output
+
+
+def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled_path():
+    model = Pipeline([("p", ct(impute_then(OneHotEncoder()))), ("m", LogisticRegression())]).fit(X, Y_CLASS)
+    runner, signature = runner_for(model, X)
+    assert runner.description.path.startswith("compiled preprocessing")
+    rows = X.head(2).copy()
+    rows.loc[1, "shape"] = "triangle"
+    with pytest.raises(Unprocessable, match=r"column 'shape' has value\(s\) 'triangle' the model was not trained on"):
+        runner.run(batch_from(rows, signature), ("predict",), "test")
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=60),
+        make_pipeline(
+            SimpleImputer(strategy="most_frequent", add_indicator=True), OneHotEncoder(handle_unknown="ignore")
+        ),
+    ],
+    ids=["infrequent categories", "missing indicator"],
+)
+def test_options_not_rebuilt_keep_scikit_learns_path(encoder):
+    x = X.fillna({"shade": "mid"})
+    model = Pipeline([("p", ct(encoder)), ("m", LogisticRegression())]).fit(x, Y_CLASS)
+    runner, signature = runner_for(model, x)
+    assert runner.description.path == "model methods on a DataFrame"
+    answers = runner.run(batch_from(x.head(5), signature), ("predict_proba",), "test")
+    assert_equal(answers["predict_proba"], model.predict_proba(x.head(5)))
+
+
+def test_the_proof_refuses_a_plan_that_is_off_by_a_little():
+    model = Pipeline([("p", ct(impute_then(OneHotEncoder(handle_unknown="ignore")))), ("m", LogisticRegression())])
+    model.fit(X, Y_CLASS)
+    signature, _ = package.signature_of(model, X)
+    candidate = compiled.plan(model, signature, ("predict_proba",))
+    reference = compiled.Plan(ModelRunner(model, signature).codec.encode, {"predict_proba": model.predict_proba}, "")
+    batches = compiled.probe_batches(signature)
+    assert compiled.prove(candidate, reference, batches) is None
+    skewed = compiled.Plan(candidate.encode, {"predict_proba": lambda m: model[-1].predict_proba(m) * (1 + 1e-7)}, "")
+    assert compiled.prove(skewed, reference, batches) == "probe batch 0: predict_proba differs"
+    lenient = compiled.Plan(
+        lambda b: candidate.encode(b), {"predict_proba": lambda m: model[-1].predict_proba(np.nan_to_num(m))}, ""
+    )
+    refusing = compiled.Plan(reference.encode, {"predict_proba": lambda m: (_ for _ in ()).throw(ValueError("no"))}, "")
+    assert "scikit-learn answered, compiled refused (client)" in compiled.prove(refusing, reference, batches)
+    assert compiled.prove(lenient, reference, batches) is None
