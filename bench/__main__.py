@@ -1,8 +1,13 @@
 """Throughput, latency and CPU per request: this server against its peers, side by side (scripts/bench).
 
-Every server gets the same model (the default LinearRegression artifact), the same worker count and
-the same load (wrk, keep-alive connections, 127.0.0.1 only). Rounds are interleaved (round 1 of every
-server and shape, then round 2, ...), and medians are printed with the range of the rounds.
+Three models, one group of shapes each: ``linear`` (the diabetes LinearRegression, ten numbers per
+row: v1-1, v1-100, v2-1, v2-100), ``pipeline`` (the penguins Pipeline: ColumnTransformer with
+imputers, one-hot encoder and scaler, then LogisticRegression; string and numeric columns with
+missing values) and ``forest`` (the same preprocessing before a 100-tree RandomForestClassifier).
+Within a group every server gets the same fitted model (ours and naive from the artifact, the peers
+from a joblib copy of it), the same worker count and the same load (wrk, keep-alive connections,
+127.0.0.1 only). Rounds are interleaved (round 1 of every server and shape, then round 2, ...), and
+medians are printed with the range of the rounds.
 """
 
 from __future__ import annotations
@@ -12,15 +17,27 @@ import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.harness import IMAGE, ROOT, Sample, Server, free_port, run_wrk
 
 BENCH_VENV = ROOT / ".venv-bench"
-SHAPES = {"v1-1": ("v1", 1), "v1-100": ("v1", 100), "v2-1": ("v2", 1), "v2-100": ("v2", 100)}
+# kind -> (the name it is served under, how to train it with model_server.train)
+MODELS = {
+    "linear": ("diabetes", {}),
+    "pipeline": ("penguins", {"demo": "penguins"}),
+    "forest": ("penguins-forest", {"demo": "penguins", "estimator": "random-forest", "trees": 100}),
+}
+SHAPES = {
+    f"{kind + '-' if kind != 'linear' else ''}{protocol}-{rows}": (kind, protocol, rows)
+    for kind in MODELS
+    for protocol in ("v1", "v2")
+    for rows in (1, 100)
+}
 
 
-def _ours(name: str, args: argparse.Namespace, model_dir: Path, scratch: Path, extra: dict[str, str]) -> Server:
+def _ours(name: str, args: argparse.Namespace, model: Model, scratch: Path, extra: dict[str, str]) -> Server:
     """This server with its production gunicorn config; ``extra`` overrides settings."""
     return Server(
         name,
@@ -28,39 +45,53 @@ def _ours(name: str, args: argparse.Namespace, model_dir: Path, scratch: Path, e
         {
             "HOST": "127.0.0.1",
             "PORT": "0",
-            "MODEL_SERVER_MODEL_DIR": str(model_dir),
+            "MODEL_SERVER_MODEL_DIR": str(model.directory),
             "MODEL_SERVER_WORKERS": str(args.workers),
-            "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
+            "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}-{model.kind}"),
             **extra,
         },
         IMAGE,
         0,
+        model=model.name,
+        kind=model.kind,
     )
 
 
-def servers(args: argparse.Namespace, model_dir: Path, scratch: Path) -> list[Server]:
+@dataclass(frozen=True)
+class Model:
+    kind: str
+    name: str
+    directory: Path  # the artifact: ours and naive
+    joblib_file: Path  # the same fitted model for the peers, in the format they load
+
+
+def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Server]:
     python = sys.executable
+    served = {"model": model.name, "kind": model.kind}
+    peer_args = ["--model-file", str(model.joblib_file), "--name", model.name]
     candidates = {
-        "ours": _ours("ours", args, model_dir, scratch, {}),
+        "ours": _ours("ours", args, model, scratch, {}),
         # The same server without keep-alive: every request on a new connection, accepted by
         # whichever worker is free. Shows what keep-alive is worth (MODEL_SERVER_KEEPALIVE=0).
-        "ours-no-keepalive": _ours("ours-no-keepalive", args, model_dir, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
+        "ours-no-keepalive": _ours("ours-no-keepalive", args, model, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
         "naive": Server(
             "naive",
             [python, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "sync", "bench.naive:app"],
-            {"MODEL_SERVER_MODEL_DIR": str(model_dir), "PYTHONPATH": f"{IMAGE}:{ROOT}"},
+            {"MODEL_SERVER_MODEL_DIR": str(model.directory), "PYTHONPATH": f"{IMAGE}:{ROOT}"},
             ROOT,
             0,
+            **served,
         ),
     }
     kserve_python = BENCH_VENV / "kserve" / "bin" / "python"
     if kserve_python.exists():
         candidates["kserve"] = Server(
             "kserve",
-            [str(kserve_python), "-m", "bench.kserve_server", "--workers", str(args.workers)],
-            {"PYTHONPATH": f"{IMAGE}:{ROOT}"},
+            [str(kserve_python), "-m", "bench.kserve_server", "--workers", str(args.workers), *peer_args],
+            {"PYTHONPATH": str(ROOT)},
             ROOT,
             0,
+            **served,
         )
     mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
     if mlserver_python.exists():
@@ -73,12 +104,14 @@ def servers(args: argparse.Namespace, model_dir: Path, scratch: Path) -> list[Se
                 "--workers",
                 str(args.workers),
                 "--workdir",
-                str(scratch / "mlserver"),
+                str(scratch / f"mlserver-{model.kind}"),
+                *peer_args,
             ],
-            {"PYTHONPATH": f"{IMAGE}:{ROOT}"},
+            {"PYTHONPATH": str(ROOT)},
             ROOT,
             0,
             protocols=("v2",),
+            **served,
         )
     chosen = []
     for name in args.servers.split(","):
@@ -105,44 +138,73 @@ def median_range(values: list[float], fmt: str) -> str:
     return f"{format(middle, fmt)} ({format(min(values), fmt)}–{format(max(values), fmt)})"
 
 
-def report(results: dict[tuple[str, str], list[Sample]], chosen: list[Server], args: argparse.Namespace) -> str:
+def report(
+    results: dict[tuple[str, str], list[Sample]], cold: dict[tuple[str, str], Server], args: argparse.Namespace
+) -> str:
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s"
         + (f", {args.delay_ms:g} ms pause per connection between requests" if args.delay_ms else "")
         + f", {args.workers} workers each, {args.rounds} interleaved rounds: median (min–max)",
         "",
-        "| shape | server | req/s | × naive | p50 ms | p99 ms | errors | server CPU µs/req |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | server | req/s | × naive | × fastest peer | p50 ms | p99 ms | errors | server CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    names = list(dict.fromkeys(name for _, name in cold))
     for shape in args.shapes.split(","):
-        naive = results.get((shape, "naive"))
-        naive_rps = statistics.median(s.rps for s in naive) if naive else None
-        for server in chosen:
-            samples = results.get((shape, server.name))
+        medians = {
+            name: statistics.median(s.rps for s in results[(shape, name)]) for name in names if (shape, name) in results
+        }
+        naive_rps = medians.get("naive")
+        peers = [rps for name, rps in medians.items() if name in ("kserve", "mlserver")]
+        best_peer = max(peers, default=None)
+        for name in names:
+            samples = results.get((shape, name))
             if not samples:
-                lines.append(f"| {shape} | {server.name} | n/a (protocol not served) | | | | | |")
+                lines.append(f"| {shape} | {name} | n/a (protocol not served) | | | | | | |")
                 continue
             rps = [s.rps for s in samples]
-            ratio = f"{statistics.median(rps) / naive_rps:.2f}×" if naive_rps else "–"
+            ratio = f"{medians[name] / naive_rps:.2f}×" if naive_rps else "–"
+            peer_ratio = f"{medians[name] / best_peer:.2f}×" if best_peer else "–"
             lines.append(
-                f"| {shape} | {server.name} | {median_range(rps, '.0f')} | {ratio} | "
+                f"| {shape} | {name} | {median_range(rps, '.0f')} | {ratio} | {peer_ratio} | "
                 f"{median_range([s.p50_ms for s in samples], '.2f')} | "
                 f"{median_range([s.p99_ms for s in samples], '.2f')} | "
                 f"{sum(s.errors for s in samples)} | {median_range([s.cpu_us for s in samples], '.0f')} |"
             )
     lines += [
         "",
-        "| server | cold start s (start → first prediction) | RSS MiB per process | balance (worst run) |",
-        "|---|---|---|---|",
+        "| model | server | cold start s (start → first prediction) | RSS MiB per process | balance (worst run) |",
+        "|---|---|---|---|---|",
     ]
-    for server in chosen:
-        shares = [s.worker_share for (_, name), samples in results.items() if name == server.name for s in samples]
+    for (kind, name), server in cold.items():
+        shares = [
+            s.worker_share
+            for (shape, sample_name), samples in results.items()
+            if sample_name == name and SHAPES[shape][0] == kind
+            for s in samples
+        ]
         least_busy = min((share[-1] for share in shares if len(share) > 1), default=float("nan"))
-        rss = " / ".join(f"{r:.0f}" for r in server.rss_mib())
+        rss = " / ".join(f"{r:.0f}" for r in server.rss)
         lines.append(
-            f"| {server.name} | {server.cold_start:.2f} | {rss} | least-busy process {least_busy:.0%} of CPU |"
+            f"| {kind} | {name} | {server.cold_start:.2f} | {rss} | least-busy process {least_busy:.0%} of CPU |"
         )
     return "\n".join(lines)
+
+
+def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
+    """Train each model once: the artifact for ours and naive, a joblib copy of it for the peers."""
+    import joblib
+    from model_server import artifact, train
+
+    models = {}
+    for kind in kinds:
+        name, options = MODELS[kind]
+        fitted, metadata = train.train(name=name, **options)
+        directory = scratch / f"model-{kind}"
+        artifact.save(fitted, metadata, directory)
+        joblib.dump(fitted, scratch / f"{kind}.joblib")
+        models[kind] = Model(kind, name, directory, scratch / f"{kind}.joblib")
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,45 +238,50 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--delay-ms must be 0..1000")
 
     sys.path.insert(0, str(IMAGE))
-    from model_server import artifact, train
-
+    shapes = args.shapes.split(",")
+    kinds = list(dict.fromkeys(SHAPES[shape][0] for shape in shapes))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch_name:
         scratch = Path(scratch_name)
-        model, metadata = train.train()
-        artifact.save(model, metadata, scratch / "model")
-        chosen = servers(args, scratch / "model", scratch)
+        models = prepare_models(kinds, scratch)
         results: dict[tuple[str, str], list[Sample]] = {}
-        try:
-            for server in chosen:
-                print(f"bench: starting {server.name} on 127.0.0.1:{server.port}", file=sys.stderr)
-                server.start(scratch)
-            for round_number in range(1, args.rounds + 1):
-                for shape in args.shapes.split(","):
-                    protocol, rows = SHAPES[shape]
-                    for server in chosen:
-                        if protocol not in server.protocols:
-                            continue
-                        sample = run_wrk(
-                            server,
-                            protocol,
-                            rows,
-                            scratch,
-                            seconds=args.duration,
-                            connections=args.connections,
-                            threads=args.threads,
-                            workers=args.workers,
-                            delay_ms=args.delay_ms,
-                        )
-                        results.setdefault((shape, server.name), []).append(sample)
-                        print(
-                            f"bench: round {round_number} {shape:7} {server.name:8} {sample.rps:8.0f} req/s "
-                            f"p99 {sample.p99_ms:6.2f} ms errors {sample.errors} cpu {sample.cpu_us:5.0f} µs/req",
-                            file=sys.stderr,
-                        )
-            print(report(results, chosen, args))
-        finally:
-            for server in chosen:
-                server.stop()
+        cold: dict[tuple[str, str], Server] = {}
+        for kind in kinds:  # one model at a time: every server of the group up, the rounds, then down
+            chosen = servers(args, models[kind], scratch)
+            group = [shape for shape in shapes if SHAPES[shape][0] == kind]
+            try:
+                for server in chosen:
+                    print(f"bench: starting {server.name} ({kind}) on 127.0.0.1:{server.port}", file=sys.stderr)
+                    server.start(scratch)
+                    cold[(kind, server.name)] = server
+                for round_number in range(1, args.rounds + 1):
+                    for shape in group:
+                        _, protocol, rows = SHAPES[shape]
+                        for server in chosen:
+                            if protocol not in server.protocols:
+                                continue
+                            sample = run_wrk(
+                                server,
+                                protocol,
+                                rows,
+                                scratch,
+                                seconds=args.duration,
+                                connections=args.connections,
+                                threads=args.threads,
+                                workers=args.workers,
+                                delay_ms=args.delay_ms,
+                            )
+                            results.setdefault((shape, server.name), []).append(sample)
+                            print(
+                                f"bench: round {round_number} {shape:16} {server.name:17} {sample.rps:8.0f} req/s "
+                                f"p99 {sample.p99_ms:6.2f} ms errors {sample.errors} cpu {sample.cpu_us:5.0f} µs/req",
+                                file=sys.stderr,
+                            )
+                for server in chosen:
+                    server.rss = server.rss_mib()
+            finally:
+                for server in chosen:
+                    server.stop()
+        print(report(results, cold, args))
     return 0
 
 

@@ -26,12 +26,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def body(protocol: str, rows: int) -> bytes:
+def body(protocol: str, rows: int, kind: str = "linear") -> bytes:
+    """The request every server is sent: ten numbers per row for the linear model; for the penguin
+    models, real rows (strings, numbers, missing values) as pandas clients send them."""
+    if kind != "linear":
+        return _penguin_body(protocol, rows)
     matrix = [[v + i * 1e-4 for v in ROW] for i in range(rows)]
     if protocol == "v1":
         return json.dumps({"instances": matrix}).encode()
     flat = [v for row in matrix for v in row]
     return json.dumps({"inputs": [{"name": "input-0", "shape": [rows, 10], "datatype": "FP64", "data": flat}]}).encode()
+
+
+PENGUIN_COLUMNS = {
+    "island": "BYTES",
+    "bill_length_mm": "FP64",
+    "bill_depth_mm": "FP64",
+    "flipper_length_mm": "FP64",
+    "body_mass_g": "FP64",
+    "sex": "BYTES",
+}
+
+
+def _penguin_body(protocol: str, rows: int) -> bytes:
+    """Rows 3.. of the penguins data (row 3 has every measurement and the sex missing): V1 objects keyed
+    by column, which KServe turns into a DataFrame; V2 one tensor per column with content_type "pd"
+    (strings as "str"), what KServe's and MLServer's pandas codecs send."""
+    from palmerpenguins import load_penguins
+
+    data = load_penguins()[list(PENGUIN_COLUMNS)].iloc[3 : 3 + rows]
+    records = [{k: (None if v != v else v) for k, v in row.items()} for row in data.to_dict("records")]
+    if protocol == "v1":
+        return json.dumps({"instances": records}).encode()
+    inputs = []
+    for name, datatype in PENGUIN_COLUMNS.items():
+        tensor = {"name": name, "shape": [rows], "datatype": datatype, "data": [r[name] for r in records]}
+        if datatype == "BYTES":
+            tensor["parameters"] = {"content_type": "str"}
+        inputs.append(tensor)
+    return json.dumps({"parameters": {"content_type": "pd"}, "inputs": inputs}).encode()
 
 
 def _answers(url: str) -> bool:
@@ -50,8 +83,11 @@ class Server:
     cwd: Path
     port: int
     protocols: tuple[str, ...] = ("v1", "v2")
+    model: str = "diabetes"  # the name it serves the model under
+    kind: str = "linear"  # which bodies it is sent (see body())
     process: subprocess.Popen | None = None
     cold_start: float = float("nan")
+    rss: list[float] = field(default_factory=list)  # MiB per process, read before it is stopped
     log: Path | None = None
 
     @property
@@ -60,7 +96,9 @@ class Server:
 
     def url(self, protocol: str) -> str:
         return (
-            f"{self.base}/v1/models/diabetes:predict" if protocol == "v1" else f"{self.base}/v2/models/diabetes/infer"
+            f"{self.base}/v1/models/{self.model}:predict"
+            if protocol == "v1"
+            else f"{self.base}/v2/models/{self.model}/infer"
         )
 
     def start(self, logs: Path, until: str = "prediction") -> None:
@@ -86,7 +124,7 @@ class Server:
                 return
             try:
                 request = urllib.request.Request(  # noqa: S310 - http on loopback only
-                    self.url(protocol), data=body(protocol, 1), headers={"Content-Type": "application/json"}
+                    self.url(protocol), data=body(protocol, 1, self.kind), headers={"Content-Type": "application/json"}
                 )
                 with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - http on loopback only
                     if response.status == 200:
@@ -163,11 +201,11 @@ def parse_latency(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk_script(scratch: Path, protocol: str, rows: int, delay_ms: float = 0.0) -> Path:
+def wrk_script(scratch: Path, protocol: str, rows: int, delay_ms: float = 0.0, kind: str = "linear") -> Path:
     """A wrk Lua script POSTing the body; with delay_ms, each connection pauses that long between requests."""
-    script = scratch / f"{protocol}-{rows}-{delay_ms:g}.lua"
+    script = scratch / f"{kind}-{protocol}-{rows}-{delay_ms:g}.lua"
     if not script.exists():
-        payload = body(protocol, rows).decode()
+        payload = body(protocol, rows, kind).decode()
         pause = f"function delay()\n  return {delay_ms:g}\nend\n" if delay_ms else ""
         head = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         script.write_text(f"{head}wrk.body = [==[{payload}]==]\n{pause}")
@@ -186,7 +224,7 @@ def run_wrk(
     delay_ms: float = 0.0,
     workers: int = 2,
 ) -> Sample:
-    script = wrk_script(scratch, protocol, rows, delay_ms)
+    script = wrk_script(scratch, protocol, rows, delay_ms, server.kind)
     before = server.cpu_ticks()
     wrk = subprocess.run(
         [

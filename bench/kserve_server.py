@@ -1,13 +1,16 @@
-"""KServe's model server (PyPI kserve) serving the same LinearRegression, for scripts/bench.
+"""KServe's model server (PyPI kserve) serving the benchmark's model as KServe's sklearn server does.
 
 Run with the peer virtualenv: .venv-bench/kserve/bin/python -m bench.kserve_server --port P --workers N
+    --model-file FILE.joblib --name NAME
+The request and response handling is KServe's own (``get_predict_input`` / ``get_predict_response``,
+what kserve's sklearnserver calls): V1 rows as arrays, or objects as a DataFrame; V2 the first
+tensor as an array, or with ``parameters.content_type: "pd"`` every tensor as a DataFrame column.
 KServe binds 0.0.0.0 unconditionally; the benchmark forces 127.0.0.1. Per-request latency logging is off.
 """
 
 import argparse
-import uuid
 
-import numpy as np
+import joblib
 import uvicorn
 
 _config_init = uvicorn.Config.__init__
@@ -21,37 +24,25 @@ def _loopback_only(self, *args, **kwargs):
 uvicorn.Config.__init__ = _loopback_only
 
 import kserve  # noqa: E402 - after the bind patch
-from kserve import InferOutput, InferRequest, InferResponse  # noqa: E402
-from model_server.train import train  # noqa: E402 - same data, split and estimator as the artifact
+from kserve.utils.utils import get_predict_input, get_predict_response  # noqa: E402
 
 
-class Diabetes(kserve.Model):
-    def __init__(self, name: str) -> None:
+class SKLearn(kserve.Model):
+    def __init__(self, name: str, model_file: str) -> None:
         super().__init__(name)
-        self.model = None
-        self.load()
-
-    def load(self) -> bool:
-        self.model, _ = train()
+        self.model = joblib.load(model_file)
         self.ready = True
-        return True
 
     def predict(self, payload, headers=None):
-        if isinstance(payload, InferRequest):
-            predictions = self.model.predict(payload.inputs[0].as_numpy())
-            output = InferOutput(
-                name="predict", shape=list(predictions.shape), datatype="FP64", data=predictions.tolist()
-            )
-            return InferResponse(
-                model_name=self.name, infer_outputs=[output], response_id=payload.id or uuid.uuid4().hex
-            )
-        return {"predictions": self.model.predict(np.asarray(payload["instances"])).tolist()}
+        return get_predict_response(payload, self.model.predict(get_predict_input(payload)), self.name)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--model-file", required=True)
+    parser.add_argument("--name", required=True)
     args, _ = parser.parse_known_args()
     kserve.ModelServer(
         http_port=args.port,
@@ -59,7 +50,7 @@ def main() -> None:
         enable_grpc=False,
         enable_latency_logging=False,
         enable_docs_url=False,
-    ).start([Diabetes("diabetes")])
+    ).start([SKLearn(args.name, args.model_file)])
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""Seldon MLServer with its scikit-learn runtime serving the same LinearRegression, for scripts/bench.
+"""Seldon MLServer with its scikit-learn runtime serving the benchmark's model, for scripts/bench.
 
 Run with the peer virtualenv: .venv-bench/mlserver/bin/python -m bench.mlserver_server --port P --workers N
-The model is trained here (same data, split and estimator as the artifact) and saved with joblib,
-the format mlserver-sklearn loads. MLServer speaks V2 only; it has no KServe V1 endpoint.
+    --model-file FILE.joblib --name NAME
+mlserver-sklearn loads the joblib file (the same fitted model the other servers serve) and decodes
+requests with MLServer's codecs: NumPy by default, pandas with ``parameters.content_type: "pd"``.
+MLServer speaks V2 only; it has no KServe V1 endpoint.
 """
 
 import argparse
@@ -12,9 +14,6 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-
-import joblib
-from model_server.train import train
 
 
 def free_port() -> int:
@@ -27,12 +26,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, help="folder for the model and settings (default: a new temp dir)")
+    parser.add_argument("--workdir", type=Path, help="folder for the settings (default: a new temp dir)")
+    parser.add_argument("--model-file", type=Path, required=True)
+    parser.add_argument("--name", required=True)
     args, _ = parser.parse_known_args()
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="mlserver-"))
     folder.mkdir(parents=True, exist_ok=True)
-    model, _ = train()
-    joblib.dump(model, folder / "model.joblib")
     settings = {
         "host": "127.0.0.1",
         "http_port": args.port,
@@ -42,9 +41,9 @@ def main() -> None:
         "debug": False,
     }
     model_settings = {
-        "name": "diabetes",
+        "name": args.name,
         "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(folder / "model.joblib")},
+        "parameters": {"uri": str(args.model_file)},
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model_settings))

@@ -12,6 +12,7 @@ tree). This module rebuilds two things from the fitted parameters:
 * **forests**: RandomForest / ExtraTrees classifiers and regressors (one output): every tree's
   leaves from the tree's own Cython ``apply``, the leaf values summed in tree order as scikit-learn
   does, divided by the tree count. The same floating-point operations in the same order.
+* **logistic regression**: ``X @ coef_.T + intercept_`` then scikit-learn's own expit / softmax.
 
 Anything else, or any option these do not cover (infrequent categories, indicators, pandas output,
 ...), is left to scikit-learn. A compiled plan is used only after it has answered a probe set built
@@ -363,6 +364,52 @@ def forest_methods(forest: Any) -> dict[str, Method]:
     return {"predict": predict_values}
 
 
+# ---- logistic regression -----------------------------------------------------------------------------
+
+
+def logistic_methods(model: Any) -> dict[str, Method]:
+    """LogisticRegression's predict, predict_proba and decision_function on a dense float64 matrix:
+    its own arithmetic (X @ coef_.T + intercept_, then expit or softmax) without the input checks."""
+    from scipy.special import expit
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.extmath import softmax
+
+    if type(model) is not LogisticRegression:
+        raise NotCompilable(f"{type(model).__name__} is not a LogisticRegression")
+    coef_t = np.asarray(model.coef_).T
+    intercept = np.asarray(model.intercept_)
+    classes = model.classes_
+    binary = len(classes) <= 2
+
+    def decision_function(matrix: np.ndarray) -> np.ndarray:
+        scores = matrix @ coef_t + intercept
+        return scores.reshape(-1) if scores.shape[1] == 1 else scores
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        scores = decision_function(matrix)
+        indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return classes.take(indices, axis=0)
+
+    def predict_proba(matrix: np.ndarray) -> np.ndarray:
+        scores = decision_function(matrix)
+        if binary:
+            positive = expit(scores, out=scores)
+            return np.stack([1 - positive, positive], axis=1)
+        return softmax(scores, copy=False)
+
+    return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
+
+
+def final_methods(final: Any) -> tuple[dict[str, Method], str]:
+    """Compiled methods of a Pipeline's final step where there are some, and how to name the path."""
+    for build in (forest_methods, logistic_methods):
+        try:
+            return build(final), f"compiled {type(final).__name__}"
+        except NotCompilable:
+            continue
+    return {}, f"{type(final).__name__} methods"
+
+
 # ---- plans -------------------------------------------------------------------------------------------
 
 
@@ -378,12 +425,8 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
         if final in ("passthrough", None) or hasattr(final, "feature_names_in_"):
             raise NotCompilable("a Pipeline whose final step is passthrough or was fitted on a DataFrame")
         prepare = _chain([transformer(step, names) for step in steps[:-1]])
-        try:
-            methods = forest_methods(final)
-            path = f"compiled preprocessing + compiled {type(final).__name__}"
-        except NotCompilable:
-            methods = {}
-            path = f"compiled preprocessing + {type(final).__name__} methods"
+        methods, final_path = final_methods(final)
+        path = f"compiled preprocessing + {final_path}"
         for name in outputs:
             methods.setdefault(name, getattr(final, name))
 
@@ -393,10 +436,12 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
         return Plan(encode, {name: methods[name] for name in outputs}, path)
     if signature.frame or not signature.numeric:
         raise NotCompilable("a bare estimator fitted on a DataFrame or on strings")
-    methods = forest_methods(model)
+    methods, path = final_methods(model)
+    if not methods:
+        raise NotCompilable(f"{type(model).__name__} is not rebuilt here")
     for name in outputs:
         methods.setdefault(name, getattr(model, name))
-    return Plan(lambda batch: _final_matrix(block_of(batch, signature)), methods, f"compiled {type(model).__name__}")
+    return Plan(lambda batch: _final_matrix(block_of(batch, signature)), {n: methods[n] for n in outputs}, path)
 
 
 # ---- the proof ---------------------------------------------------------------------------------------
