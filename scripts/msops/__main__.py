@@ -90,9 +90,11 @@ def _finish_edit(diff_text: str, message: str, args: argparse.Namespace, paths: 
 def cmd_promote(args: argparse.Namespace) -> int:
     decl = environments.load()
     source, target = decl.get(args.source), decl.get(args.target)
+    if args.artifact and not args.model:
+        raise OpsError("--artifact goes with --model NAME: it gives that model's version and sha256")
     if args.model:
-        text = values.promote_model(decl, source, target, args.model, dry_run=args.dry_run)
-        version = values.get_path(values.release_values(source.release(args.model)), "model.version")
+        text = values.promote_model(decl, source, target, args.model, dry_run=args.dry_run, artifact=args.artifact)
+        version = values.model_pin(decl, source, args.model, artifact=args.artifact)["model.version"]
         message = f"Promote {args.model} {version} from {source.name} to {target.name}"
         paths = [target.model_file(args.model)]
     elif args.chart:
@@ -130,15 +132,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    if args.action == "load-image":
+        if len(args.names) > 1:
+            raise OpsError("load-image takes at most one image reference")
+        print(cluster.load_image(args.names[0] if args.names else None))
+        return 0
     unknown = [name for name in args.names if name not in gobuild.COMPONENTS]
     if unknown:
         raise OpsError(f"unknown component(s) {', '.join(unknown)} (known: {', '.join(gobuild.COMPONENTS)})")
     if args.names and args.action not in ("build", "wrap"):
         raise OpsError(f"'{args.action}' takes no component names")
-    if not 1 <= args.nodes <= 50:
-        raise OpsError(f"--nodes must be 1..50, not {args.nodes}")
+    # With a real node, kwok nodes are extra (none by default); without one, they are the only nodes.
+    nodes = args.nodes if args.nodes is not None else (0 if args.real_node else 3)
+    low = 0 if args.real_node else 1
+    if not low <= nodes <= 50:
+        raise OpsError(f"--nodes must be {low}..50, not {nodes}")
     if args.action == "up":
-        cluster.up(with_flux=args.flux, nodes=args.nodes)
+        cluster.up(with_flux=args.flux, nodes=nodes, real_node=args.real_node)
     elif args.action == "down":
         cluster.down()
     elif args.action == "status":
@@ -193,6 +203,14 @@ def parser() -> argparse.ArgumentParser:
             what.add_argument("--image", action="store_true", help="the image tag and digest (every model)")
             what.add_argument("--model", metavar="NAME", help="one model's version and sha256 (and model store path)")
             what.add_argument("--chart", action="store_true", help="the chart version (Argo CD and Flux pins too)")
+            p.add_argument(
+                "--artifact",
+                type=Path,
+                metavar="DIR",
+                help="with --model: take version and sha256 from this artifact directory's metadata.json (the "
+                "directory the ML release pipeline copies to the model store; needed where --from serves the "
+                "model from its image, which pins no sha256)",
+            )
         else:
             p.add_argument("--env", required=True)
             p.add_argument("--tag", required=True)
@@ -210,13 +228,24 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cluster", help="local control plane on 127.0.0.1 for the end-to-end tests")
     p.add_argument(
         "action",
-        choices=("up", "down", "status", "kubeconfig", "build", "wrap"),
+        choices=("up", "down", "status", "kubeconfig", "build", "wrap", "load-image"),
         help="up: start (building binaries first if missing); down: stop everything by PID; status; "
-        "kubeconfig: print its path; build: build binaries; wrap: regenerate a wrapper module",
+        "kubeconfig: print its path; build: build binaries; wrap: regenerate a wrapper module; "
+        "load-image [REF]: import an image into the real node (built with scripts/build-image without REF)",
     )
-    p.add_argument("names", nargs="*", metavar="COMPONENT", help=f"for build/wrap: {', '.join(gobuild.COMPONENTS)}")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="COMPONENT",
+        help=f"for build/wrap: {', '.join(gobuild.COMPONENTS)}; for load-image: the image reference",
+    )
     p.add_argument("--flux", action="store_true", help="also run the Flux source- and helm-controllers")
-    p.add_argument("--nodes", type=int, default=3, help="kwok nodes to create (default 3, one per zone)")
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run one real node (containerd, kubelet, kube-proxy, CoreDNS, NetworkPolicy, metrics-server)",
+    )
+    p.add_argument("--nodes", type=int, help="kwok nodes to create (default 3, one per zone; 0 beside a real node)")
     p.set_defaults(func=cmd_cluster)
     return top
 

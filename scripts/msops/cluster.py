@@ -4,7 +4,9 @@ Real etcd, kube-apiserver (RBAC, PodSecurity and the other default admission plu
 kube-controller-manager and kube-scheduler, started by kwokctl's binary runtime from binaries built
 here (gobuild). kwok fakes the nodes and marks scheduled pods Running/Ready: no container runs, so
 this proves what the API server accepts, admits and schedules, not that the image serves.
-Optionally the Flux source- and helm-controllers run out of cluster against it (``--flux``).
+Optionally the Flux source- and helm-controllers run out of cluster against it (``--flux``), and
+``--real-node`` adds one real node that runs the pods (msops.node): containerd, kubelet, kube-proxy,
+CoreDNS, kube-router's NetworkPolicy enforcement and metrics-server.
 
 Everything lives under one state directory (outside the repository): kwok's work dir, the
 kubeconfig, the Flux controllers' storage, logs and PID files. ``down`` stops every process it
@@ -18,6 +20,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,12 +29,14 @@ from pathlib import Path
 
 import yaml
 
-from . import OpsError, crds, gobuild
+from . import OpsError, crds, gobuild, node
 
 STATE = Path(os.environ.get("MSOPS_CLUSTER_DIR") or gobuild.CACHE.parent / "cluster")
 NAME = "model-server-gitops"
 KUBECONFIG = STATE / "kubeconfig"
 ZONES = ("zone-a", "zone-b", "zone-c")
+PKI = STATE / "kwok" / "clusters" / NAME / "pki"
+NODE = node.Node(STATE, KUBECONFIG, PKI)
 
 
 def log(message: str) -> None:
@@ -62,9 +67,10 @@ def _kwok_env() -> dict[str, str]:
     return {**os.environ, "KWOK_WORKDIR": str(STATE / "kwok")}
 
 
-def binaries(with_flux: bool = False) -> dict[str, Path]:
+def binaries(with_flux: bool = False, real_node: bool = False) -> dict[str, Path]:
     """Every binary the cluster needs, built first if missing (first run only)."""
     names = ["etcd", "kubernetes", "kwok"] + (["flux-source", "flux-helm"] if with_flux else [])
+    names += list(node.COMPONENTS) if real_node else []
     found: dict[str, Path] = {}
     for name in names:
         if gobuild.missing(name):
@@ -91,7 +97,11 @@ def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> st
 
 
 def _pid_files() -> list[Path]:
-    return sorted(STATE.glob("kwok/clusters/*/pids/*.pid")) + sorted(STATE.glob("flux/*.pid"))
+    return sorted(STATE.glob("kwok/clusters/*/pids/*.pid")) + sorted(STATE.glob("flux/*.pid")) + _node_pid_files()
+
+
+def _node_pid_files() -> list[Path]:
+    return sorted(NODE.dir.glob("*.pid"))
 
 
 def processes() -> dict[str, tuple[int, bool]]:
@@ -113,8 +123,22 @@ def api_ready() -> bool:
     return done.returncode == 0 and done.stdout.strip() == "ok"
 
 
-def _kwokctl_config(bins: dict[str, Path]) -> dict:
+def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
     version = gobuild.COMPONENTS["kubernetes"].version
+    # A real kubelet refuses anonymous requests: the API server authenticates to it (logs, exec) with
+    # kwokctl's admin certificate, which the kubelet's client CA signed. metrics-server, an aggregated
+    # API, trusts the user the API server forwards in request headers signed by the same CA.
+    args = {
+        "kubelet-client-certificate": str(PKI / "admin.crt"),
+        "kubelet-client-key": str(PKI / "admin.key"),
+        "requestheader-client-ca-file": str(PKI / "ca.crt"),
+        # The one CA signs every client certificate: only the API server's proxy identity may set headers.
+        "requestheader-allowed-names": "kwok-admin",
+        "requestheader-username-headers": "X-Remote-User",
+        "requestheader-group-headers": "X-Remote-Group",
+        "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+    }
+    patches = [{"name": "kube-apiserver", "extraArgs": [{"key": k, "value": v} for k, v in args.items()]}]
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
@@ -135,6 +159,7 @@ def _kwokctl_config(bins: dict[str, Path]) -> dict:
             "kubeAuthorization": True,
             "kubeAdmission": True,
         },
+        **({"componentsPatches": patches} if real_node else {}),
     }
 
 
@@ -173,26 +198,27 @@ def install_crds() -> None:
     kubectl("wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
 
 
-def _start(name: str, argv: list[str], env: dict[str, str]) -> int:
-    flux_dir = STATE / "flux"
-    flux_dir.mkdir(parents=True, exist_ok=True)
-    with open(flux_dir / f"{name}.log", "ab") as out:
+def _start(name: str, argv: list[str], env: dict[str, str], directory: Path | None = None) -> int:
+    """Start a process of ours in its own session; its log and PID file go to ``directory`` (STATE/flux)."""
+    directory = directory or STATE / "flux"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{name}.log", "ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    (flux_dir / f"{name}.pid").write_text(f"{process.pid}\n")
+    (directory / f"{name}.pid").write_text(f"{process.pid}\n")
     return process.pid
 
 
-def _wait_http(url: str, what: str, timeout: float = 90) -> None:
+def _wait_http(url: str, what: str, timeout: float = 90, context: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback health probe)
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 (local health probe)
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    raise OpsError(f"{what} did not become healthy at {url} within {timeout:.0f} s; see {STATE / 'flux'}")
+    raise OpsError(f"{what} did not become healthy at {url} within {timeout:.0f} s; see its log under {STATE}")
 
 
 def start_flux(bins: dict[str, Path]) -> dict[str, str]:
@@ -236,21 +262,105 @@ def start_flux(bins: dict[str, Path]) -> dict[str, str]:
     return addresses
 
 
-def up(*, with_flux: bool = False, nodes: int = 3) -> None:
+def start_node() -> None:
+    """The real node (msops.node): containerd, kubelet, kube-proxy, kube-router, CoreDNS, metrics-server."""
+    ports = {
+        key: _free_port()
+        for key in (
+            "kubelet-health",
+            "proxy-health",
+            "proxy-metrics",
+            "router-metrics",
+            "dns-health",
+            "dns-ready",
+            "metrics-server",
+        )
+    }
+    node.prepare_host(NODE, log)
+    node.write_configs(NODE, ports)
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+
+    def start(name: str) -> None:
+        _start(name, node.argv(NODE, name, ports), env, NODE.dir)
+
+    def dead(name: str) -> str:
+        pid_file = NODE.dir / f"{name}.pid"
+        if pid_file.exists() and not _alive(int(pid_file.read_text())):
+            tail = (NODE.dir / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise OpsError(f"{name} exited:\n" + "\n".join(tail))
+        return f"see {NODE.dir / (name + '.log')}"
+
+    log("starting containerd")
+    start("containerd")
+    node.wait(
+        "containerd",
+        lambda: NODE.socket.exists() and NODE.ctr("version", check=False) != "",
+        60,
+        lambda: dead("containerd"),
+    )
+    NODE.import_image(node.pause_archive(NODE))
+    log(f"starting kubelet (node {node.NAME}, {node.NODE_IP})")
+    start("kubelet")
+    node.wait(
+        f"node {node.NAME} Ready",
+        lambda: (
+            kubectl(
+                "get", "node", node.NAME, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
+            )
+            == "True"
+        ),
+        180,
+        lambda: dead("kubelet"),
+    )
+    log("starting kube-proxy (iptables), kube-router (network policy), CoreDNS, metrics-server")
+    kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(node.addon_objects(ports["metrics-server"])))
+    for name in ("kube-proxy", "kube-router", "coredns", "metrics-server"):
+        start(name)
+    _wait_http(f"http://127.0.0.1:{ports['proxy-health']}/healthz", "kube-proxy")
+    _wait_http(f"http://127.0.0.1:{ports['dns-ready']}/ready", "CoreDNS")
+    node.wait(
+        "kube-router's network policy chains",
+        lambda: "KUBE-ROUTER-FORWARD" in node.chain_names(),
+        90,
+        lambda: dead("kube-router"),
+    )
+    node.wait(
+        "the metrics API (metrics-server) Available",
+        lambda: (
+            kubectl(
+                "get",
+                "apiservice",
+                "v1beta1.metrics.k8s.io",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Available')].status}",
+                check=False,
+            )
+            == "True"
+        ),
+        120,
+        lambda: dead("metrics-server"),
+    )
+
+
+def up(*, with_flux: bool = False, nodes: int = 3, real_node: bool = False) -> None:
     started = time.monotonic()
-    bins = binaries(with_flux)
+    bins = binaries(with_flux, real_node)
     if api_ready():
         log(f"already running (kubeconfig {KUBECONFIG})")
         if with_flux and not any(name.endswith("-controller") and alive for name, (_, alive) in processes().items()):
             start_flux(bins)
+        if real_node and not _node_pid_files():
+            raise OpsError("this cluster runs without a real node: scripts/cluster down, then up --real-node")
         return
+    if real_node:
+        node.check_host()
     if STATE.exists():
         down(quiet=True)  # leftovers of a crashed run: stop what is still alive, start clean
     STATE.mkdir(parents=True)
     # kubectl from PATH is what kwokctl runs for its own steps: make it ours, not a stray one.
     env = {**_kwok_env(), "PATH": f"{gobuild.bin_dir('kubernetes')}{os.pathsep}{os.environ.get('PATH', '')}"}
     config = STATE / "kwokctl.yaml"
-    config.write_text(yaml.safe_dump(_kwokctl_config(bins)))
+    config.write_text(yaml.safe_dump(_kwokctl_config(bins, real_node)))
     log(f"starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok ({STATE})")
     done = subprocess.run(
         [
@@ -276,9 +386,12 @@ def up(*, with_flux: bool = False, nodes: int = 3) -> None:
         down(quiet=True)
         raise OpsError(f"kwokctl create cluster failed (logs: {log_hint}):\n{(done.stderr or done.stdout).strip()}")
     try:
-        kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(_node(i) for i in range(nodes)))
-        kubectl("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
+        if nodes:
+            kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(_node(i) for i in range(nodes)))
+            kubectl("wait", "--for=condition=Ready", "--timeout=120s", "node", "--all")
         install_crds()
+        if real_node:
+            start_node()
         if with_flux:
             start_flux(bins)
     except BaseException:
@@ -307,6 +420,10 @@ def down(*, quiet: bool = False) -> None:
             log("not running")
         return
     running = {name: pid for name, (pid, alive) in processes().items() if alive}
+    left: list[str] = []
+    if NODE.dir.exists():
+        node_pids = {p.stem: pid for p in _node_pid_files() if (pid := running.get(p.stem))}
+        left = node.teardown(NODE, _stop, node_pids, log)
     # The Flux controllers first (they are ours, and would only log errors once the API is gone).
     _stop([pid for name, pid in running.items() if name.endswith("-controller") and name != "kwok-controller"])
     kwokctl = gobuild.bin_dir("kwok") / "kwokctl"
@@ -317,8 +434,15 @@ def down(*, quiet: bool = False) -> None:
     # Whatever kwokctl did not stop, by the PIDs recorded before it ran.
     _stop(list(running.values()))
     shutil.rmtree(STATE, ignore_errors=True)
+    if left:
+        raise OpsError(f"down: could not remove {', '.join(left)}")
     if not quiet:
         log(f"down: stopped {', '.join(sorted(running)) or 'nothing'}; removed {STATE}")
+
+
+def load_image(ref: str | None) -> str:
+    """Import ``ref`` (built by scripts/build-image when None) into the real node; the reference to use."""
+    return node.load_image(NODE, ref, log)
 
 
 def status() -> int:

@@ -18,6 +18,9 @@ from tests.kube import ROOT
         (["wrap"], "name the wrapper(s) to regenerate"),
         (["up", "--nodes", "0"], "--nodes must be 1..50, not 0"),
         (["status", "etcd"], "'status' takes no component names"),
+        (["up", "--real-node", "--nodes", "51"], "--nodes must be 0..50, not 51"),
+        (["load-image", "a:1", "b:2"], "load-image takes at most one image reference"),
+        (["load-image", "localhost/model-server:dev"], "the real node is not running: scripts/cluster up --real-node"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path):
