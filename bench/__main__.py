@@ -91,6 +91,7 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
             {"PYTHONPATH": str(ROOT)},
             ROOT,
             0,
+            columnar_v1=True,
             **served,
         )
     mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"

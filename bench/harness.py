@@ -26,11 +26,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def body(protocol: str, rows: int, kind: str = "linear") -> bytes:
+def body(protocol: str, rows: int, kind: str = "linear", columnar_v1: bool = False) -> bytes:
     """The request every server is sent: ten numbers per row for the linear model; for the penguin
-    models, real rows (strings, numbers, missing values) as pandas clients send them."""
+    models, real rows (strings, numbers, missing values) as pandas clients send them. KServe reads V1
+    DataFrames only as column lists inside one instance (``columnar_v1``): the same values, its format."""
     if kind != "linear":
-        return _penguin_body(protocol, rows)
+        return _penguin_body(protocol, rows, columnar_v1)
     matrix = [[v + i * 1e-4 for v in ROW] for i in range(rows)]
     if protocol == "v1":
         return json.dumps({"instances": matrix}).encode()
@@ -48,7 +49,7 @@ PENGUIN_COLUMNS = {
 }
 
 
-def _penguin_body(protocol: str, rows: int) -> bytes:
+def _penguin_body(protocol: str, rows: int, columnar_v1: bool) -> bytes:
     """Rows 3.. of the penguins data (row 3 has every measurement and the sex missing): V1 objects keyed
     by column, which KServe turns into a DataFrame; V2 one tensor per column with content_type "pd"
     (strings as "str"), what KServe's and MLServer's pandas codecs send."""
@@ -56,6 +57,8 @@ def _penguin_body(protocol: str, rows: int) -> bytes:
 
     data = load_penguins()[list(PENGUIN_COLUMNS)].iloc[3 : 3 + rows]
     records = [{k: (None if v != v else v) for k, v in row.items()} for row in data.to_dict("records")]
+    if protocol == "v1" and columnar_v1:
+        return json.dumps({"instances": [{name: [r[name] for r in records] for name in PENGUIN_COLUMNS}]}).encode()
     if protocol == "v1":
         return json.dumps({"instances": records}).encode()
     inputs = []
@@ -85,6 +88,7 @@ class Server:
     protocols: tuple[str, ...] = ("v1", "v2")
     model: str = "diabetes"  # the name it serves the model under
     kind: str = "linear"  # which bodies it is sent (see body())
+    columnar_v1: bool = False  # V1 DataFrames as column lists (KServe's format)
     process: subprocess.Popen | None = None
     cold_start: float = float("nan")
     rss: list[float] = field(default_factory=list)  # MiB per process, read before it is stopped
@@ -124,7 +128,9 @@ class Server:
                 return
             try:
                 request = urllib.request.Request(  # noqa: S310 - http on loopback only
-                    self.url(protocol), data=body(protocol, 1, self.kind), headers={"Content-Type": "application/json"}
+                    self.url(protocol),
+                    data=body(protocol, 1, self.kind, self.columnar_v1),
+                    headers={"Content-Type": "application/json"},
                 )
                 with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - http on loopback only
                     if response.status == 200:
@@ -201,11 +207,13 @@ def parse_latency(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk_script(scratch: Path, protocol: str, rows: int, delay_ms: float = 0.0, kind: str = "linear") -> Path:
+def wrk_script(
+    scratch: Path, protocol: str, rows: int, delay_ms: float = 0.0, kind: str = "linear", columnar_v1: bool = False
+) -> Path:
     """A wrk Lua script POSTing the body; with delay_ms, each connection pauses that long between requests."""
-    script = scratch / f"{kind}-{protocol}-{rows}-{delay_ms:g}.lua"
+    script = scratch / f"{kind}-{protocol}-{rows}-{delay_ms:g}{'-columnar' if columnar_v1 else ''}.lua"
     if not script.exists():
-        payload = body(protocol, rows, kind).decode()
+        payload = body(protocol, rows, kind, columnar_v1).decode()
         pause = f"function delay()\n  return {delay_ms:g}\nend\n" if delay_ms else ""
         head = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         script.write_text(f"{head}wrk.body = [==[{payload}]==]\n{pause}")
@@ -224,7 +232,7 @@ def run_wrk(
     delay_ms: float = 0.0,
     workers: int = 2,
 ) -> Sample:
-    script = wrk_script(scratch, protocol, rows, delay_ms, server.kind)
+    script = wrk_script(scratch, protocol, rows, delay_ms, server.kind, server.columnar_v1)
     before = server.cpu_ticks()
     wrk = subprocess.run(
         [

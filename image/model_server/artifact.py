@@ -25,7 +25,7 @@ from typing import Any
 
 import sklearn
 
-from .config import OUTPUT_METHODS
+from .config import MODEL_METHODS
 from .errors import ArtifactError
 from .signature import Signature
 from .signature import read as read_signature
@@ -234,8 +234,8 @@ def load(
 def check_model_matches(model: Any, signature: Signature, where: str) -> Signature:
     """The estimator takes exactly the signature's columns: by name (in order) when it was fitted on a
     DataFrame, else by count. Returns the signature, marked ``frame`` when the model knows names."""
-    if not any(hasattr(model, method) for method in OUTPUT_METHODS):
-        raise ArtifactError(f"{where} holds a {type(model).__name__}, which has none of {', '.join(OUTPUT_METHODS)}")
+    if not any(hasattr(model, method) for method in MODEL_METHODS):
+        raise ArtifactError(f"{where} holds a {type(model).__name__}, which has none of {', '.join(MODEL_METHODS)}")
     n_in = getattr(model, "n_features_in_", len(signature))
     if n_in != len(signature):
         raise ArtifactError(f"{where}: the model expects {n_in} features; the signature lists {len(signature)}")

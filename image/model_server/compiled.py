@@ -44,12 +44,28 @@ Method = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A compiled transformer, and for each column it outputs, the input column it comes from
+    (explanations sum encoded columns back to the column a client sent)."""
+
+    step: Step
+    origins: np.ndarray
+
+
+def _one_to_one(step: Step, names: list[str]) -> Stage:
+    return Stage(step, np.arange(len(names)))
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to answer from a batch: the final estimator's input, then its methods."""
 
     encode: Callable[[Batch], Any]
     methods: dict[str, Method]
     path: str
+    # The final estimator and, per column of its input, the signature column it comes from.
+    final: Any = None
+    origins: np.ndarray | None = None
 
 
 class NotCompilable(Exception):
@@ -135,7 +151,7 @@ def _unknown(encoder: Any, column: int, codes: np.ndarray, values: np.ndarray, n
     )
 
 
-def _one_hot_encoder(encoder: Any, names: list[str]) -> Step:
+def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
     _check_encoder(encoder)
     if encoder.handle_unknown not in ("error", "ignore", "infrequent_if_exist"):
         raise NotCompilable(f"OneHotEncoder handle_unknown={encoder.handle_unknown!r}")
@@ -162,7 +178,7 @@ def _one_hot_encoder(encoder: Any, names: list[str]) -> Step:
             out[np.flatnonzero(keep), offsets[j] + codes[keep]] = 1.0
         return out
 
-    return encode
+    return Stage(encode, np.repeat(np.arange(len(widths)), widths))
 
 
 def _ordinal_encoder(encoder: Any, names: list[str]) -> Step:
@@ -228,53 +244,64 @@ def _check_output_config(estimator: Any) -> None:
         raise NotCompilable(f"{type(estimator).__name__} with set_output(transform={config['transform']!r})")
 
 
-def transformer(estimator: Any, names: list[str]) -> Step:
-    """A fitted transformer as a block -> block function; ``names`` are its input columns (for messages)."""
+def transformer(estimator: Any, names: list[str]) -> Stage:
+    """A fitted transformer as a block -> block function; ``names`` are its input columns."""
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
 
     if estimator in ("passthrough", None):
-        return _identity
+        return _one_to_one(_identity, names)
     _check_output_config(estimator)
     kind = type(estimator)
     if kind is FunctionTransformer and estimator.func is None and not estimator.validate:
-        return _identity  # what a fitted ColumnTransformer keeps for remainder="passthrough"
+        return _one_to_one(_identity, names)  # what a fitted ColumnTransformer keeps for remainder="passthrough"
     if kind is Pipeline:
-        steps = [transformer(step, names) for _, step in estimator.steps]
-        return _chain(steps)
+        return chain([step for _, step in estimator.steps], names)
     if kind is ColumnTransformer:
         return column_transformer(estimator, names)
+    if kind is OneHotEncoder:
+        return _one_hot_encoder(estimator, names)
     builders: dict[type, Callable[[Any], Step]] = {
         SimpleImputer: _simple_imputer,
         StandardScaler: _standard_scaler,
         MinMaxScaler: _min_max_scaler,
-        OneHotEncoder: lambda e: _one_hot_encoder(e, names),
         OrdinalEncoder: lambda e: _ordinal_encoder(e, names),
     }
     if kind not in builders:
         raise NotCompilable(f"{kind.__name__} is not rebuilt here")
-    return builders[kind](estimator)
+    return _one_to_one(builders[kind](estimator), names)
 
 
-def _chain(steps: list[Step]) -> Step:
+def chain(estimators: list[Any], names: list[str]) -> Stage:
+    """Transformers one after another; each output column traced back to the first one's input."""
+    steps: list[Step] = []
+    origins = np.arange(len(names))
+    for estimator in estimators:
+        stage = transformer(estimator, [names[i] for i in origins])
+        steps.append(stage.step)
+        origins = origins[stage.origins]
+
     def run(block: Block) -> Block:
         for step in steps:
             block = step(block)
         return block
 
-    return run
+    return Stage(run, origins)
 
 
-def column_transformer(ct: Any, names: list[str]) -> Step:
+def column_transformer(ct: Any, names: list[str]) -> Stage:
     """The ColumnTransformer's fitted transformers, each on its columns, stacked in fitted order."""
     parts: list[tuple[np.ndarray, Step]] = []
+    origins: list[np.ndarray] = []
     for name, fitted, _columns in ct.transformers_:
         indices = np.asarray(ct._transformer_to_input_indices.get(name, []), dtype=np.intp)
         if fitted == "drop" or indices.size == 0:
             continue
-        parts.append((indices, transformer(fitted, [names[i] for i in indices])))
+        stage = transformer(fitted, [names[i] for i in indices])
+        parts.append((indices, stage.step))
+        origins.append(indices[stage.origins])
 
     def run(block: Block) -> Block:
         outputs = []
@@ -285,7 +312,7 @@ def column_transformer(ct: Any, names: list[str]) -> Step:
             outputs.append(step(selected))
         return np.hstack(outputs) if outputs else np.empty((block.shape[0], 0))
 
-    return run
+    return Stage(run, np.concatenate(origins) if origins else np.empty(0, dtype=np.intp))
 
 
 def _all_numeric(block: Block) -> bool:
@@ -424,16 +451,16 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
         final = steps[-1]
         if final in ("passthrough", None) or hasattr(final, "feature_names_in_"):
             raise NotCompilable("a Pipeline whose final step is passthrough or was fitted on a DataFrame")
-        prepare = _chain([transformer(step, names) for step in steps[:-1]])
+        prepare = chain(steps[:-1], names)
         methods, final_path = final_methods(final)
         path = f"compiled preprocessing + {final_path}"
         for name in outputs:
             methods.setdefault(name, getattr(final, name))
 
         def encode(batch: Batch) -> np.ndarray:
-            return _final_matrix(prepare(block_of(batch, signature)))
+            return _final_matrix(prepare.step(block_of(batch, signature)))
 
-        return Plan(encode, {name: methods[name] for name in outputs}, path)
+        return Plan(encode, {name: methods[name] for name in outputs}, path, final, prepare.origins)
     if signature.frame or not signature.numeric:
         raise NotCompilable("a bare estimator fitted on a DataFrame or on strings")
     methods, path = final_methods(model)
@@ -441,7 +468,13 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
         raise NotCompilable(f"{type(model).__name__} is not rebuilt here")
     for name in outputs:
         methods.setdefault(name, getattr(model, name))
-    return Plan(lambda batch: _final_matrix(block_of(batch, signature)), {n: methods[n] for n in outputs}, path)
+    return Plan(
+        lambda batch: _final_matrix(block_of(batch, signature)),
+        {n: methods[n] for n in outputs},
+        path,
+        model,
+        np.arange(len(names)),
+    )
 
 
 # ---- the proof ---------------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 WORKER_CLASSES = ("gevent", "sync", "gthread")
-# What a model may be asked for, besides the row-level explanations that come later.
-OUTPUT_METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "transform")
+# The estimator methods a model may be asked for, and every output a request may name (explanations:
+# per-column contributions and their baseline, where the model has an exact decomposition).
+MODEL_METHODS = ("predict", "predict_proba", "decision_function", "score_samples", "transform")
+OUTPUT_METHODS = (*MODEL_METHODS, "contributions", "baseline")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -196,6 +198,13 @@ FIELDS: dict[str, Setting] = {
         "(never read from the artifact itself).",
         NameList(),
     ),
+    "drift_window": Setting(
+        "MODEL_SERVER_DRIFT_WINDOW",
+        "1000",
+        "Rows per worker over which each input column's drift (PSI against the training distribution) is "
+        "measured; 0 turns drift accounting off.",
+        Integer(0, 1_000_000),
+    ),
     "reload_interval": Setting(
         "MODEL_SERVER_RELOAD_INTERVAL",
         "5",
@@ -230,6 +239,7 @@ class Settings:
     default_outputs: tuple[str, ...]
     trust_pickle: bool
     trusted_types: tuple[str, ...]
+    drift_window: int
     reload_interval: int
     metrics_dir: str
 

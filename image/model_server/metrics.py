@@ -7,6 +7,8 @@ so every worker writes its samples there and ``/metrics`` aggregates them on eac
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,6 +19,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter(
     "model_server_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]
@@ -44,21 +47,66 @@ MODEL_LOAD_FAILURES = Counter(
 )
 
 
+DRIFT_WINDOW_ROWS = Gauge(
+    "model_server_drift_window_rows",
+    "Rows of each worker's recent window per input column and drift bin (summed over live workers); "
+    "model_server_feature_drift is computed from these.",
+    ["column", "bin"],
+    multiprocess_mode="livesum",
+)
+FEATURE_DRIFT = "model_server_feature_drift"
+FEATURE_DRIFT_HELP = (
+    "Population stability index (PSI) of each input column: its distribution over the recent window "
+    "against the training distribution. Under 0.1 calm, 0.1-0.25 moderate, over 0.25 a large shift."
+)
+
+
+@functools.cache
+def drift_bin(column: str, label: str) -> Gauge:
+    """The window-rows gauge of one column's bin (columns and bins come from the artifact: bounded)."""
+    return DRIFT_WINDOW_ROWS.labels(column=column, bin=label)
+
+
 @functools.cache
 def rows_predicted(protocol: str) -> Counter:
     """The rows counter for one protocol (v1 or v2), looked up once."""
     return ROWS_PREDICTED.labels(protocol=protocol)
 
 
-def exposition(multiprocess_dir: str) -> tuple[bytes, str]:
-    """The current metrics in Prometheus text format, aggregated over all workers when multiprocess."""
+def exposition(multiprocess_dir: str, drift_scores: DriftScores | None = None) -> tuple[bytes, str]:
+    """The current metrics in Prometheus text format, aggregated over all workers when multiprocess;
+    with ``drift_scores``, the PSI per column computed from the aggregated window counts."""
     if multiprocess_dir:
-        registry = CollectorRegistry()
+        registry: Any = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY as registry
+    families = list(registry.collect())
+    if drift_scores is not None:
+        counts = {
+            (s.labels["column"], s.labels["bin"]): s.value
+            for family in families
+            if family.name == DRIFT_WINDOW_ROWS._name
+            for s in family.samples
+        }
+        drift = GaugeMetricFamily(FEATURE_DRIFT, FEATURE_DRIFT_HELP, labels=["column"])
+        for column, score in drift_scores(counts):
+            drift.add_metric([column], score)
+        families.append(drift)
+    return generate_latest(_Families(families)), CONTENT_TYPE_LATEST
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+DriftScores = Callable[[dict[tuple[str, str], float]], Iterable[tuple[str, float]]]
+
+
+class _Families:
+    """Metric families already collected, in the shape generate_latest reads."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Any]:
+        return iter(self._families)
 
 
 def worker_exited(pid: int, multiprocess_dir: str) -> None:

@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifact, metrics
+from . import artifact, drift, metrics
 from .artifact import Artifact, Expectations
+from .columns import Batch
 from .config import Settings
 from .errors import ArtifactError, NotFound, NotReady
 from .runner import ModelRunner
@@ -24,10 +25,16 @@ class Served:
     artifact: Artifact
     runner: ModelRunner
     default_outputs: tuple[str, ...]
+    window: drift.Window | None = None  # this worker's recent rows, for the drift scores
 
     @property
     def version(self) -> str:
         return self.artifact.version
+
+    def observe(self, batch: Batch) -> None:
+        """Count a predicted batch into the drift window."""
+        if self.window is not None:
+            self.window.observe(batch)
 
 
 def configure_scikit_learn() -> None:
@@ -65,7 +72,9 @@ class ModelHolder:
                 trusted_types=settings.trusted_types,
                 expect=Expectations(settings.expected_version, settings.expected_sha256),
             )
-            runner = ModelRunner(loaded.model, loaded.signature)
+            runner = ModelRunner(
+                loaded.model, loaded.signature, loaded.metadata.get("explanation", {}).get("reference")
+            )
             missing = [name for name in settings.default_outputs if name not in runner.outputs]
             if missing:
                 raise ArtifactError(
@@ -80,7 +89,8 @@ class ModelHolder:
             metrics.MODEL_READY.set(0)
             return False
         self.name = settings.model_name or loaded.name
-        self.served = Served(loaded, runner, settings.default_outputs)
+        window = drift.Window(loaded.signature, settings.drift_window) if settings.drift_window else None
+        self.served = Served(loaded, runner, settings.default_outputs, window)
         self.error = ""
         metrics.MODEL_INFO.labels(name=self.name, version=loaded.version).set(1)
         metrics.MODEL_READY.set(1)

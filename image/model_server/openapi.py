@@ -220,6 +220,25 @@ SCHEMAS: dict[str, Any] = {
         "required": ["predictions"],
         "properties": {"predictions": {"type": "array", "items": {"oneOf": [_SCALAR, {"type": "array", "items": {}}]}}},
     },
+    "V1Explanations": {
+        "type": "object",
+        "required": ["explanations"],
+        "properties": {
+            "explanations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["explains", "value", "baseline", "contributions"],
+                    "properties": {
+                        "explains": {"type": "string"},
+                        "value": {"type": "number"},
+                        "baseline": {"type": "number"},
+                        "contributions": {"type": "object", "additionalProperties": {"type": "number"}},
+                    },
+                },
+            }
+        },
+    },
     "ModelList": {
         "type": "object",
         "required": ["models"],
@@ -255,6 +274,13 @@ def document(version: str, model_name: str = "", served: Served | None = None) -
         "/v1/models": _get("Models served (KServe V1)", _ref("ModelList")),
         "/v1/models/{name}": _get("Model readiness (KServe V1)", _ref("ModelReady"), 404, 503, params=[name]),
         "/v1/models/{name}:predict": _post("KServe V1 prediction", _ref("V1Request"), _ref("V1Response"), [name], v1),
+        "/v1/models/{name}:explain": _post(
+            "KServe V1 explanation: per-column contributions and a baseline per row (422 where unsupported)",
+            _ref("V1Request"),
+            _ref("V1Explanations"),
+            [name],
+            v1,
+        ),
         "/predict": _post("V1 prediction for the served model", _ref("V1Request"), _ref("V1Response"), None, v1),
         "/metrics": {
             "get": {

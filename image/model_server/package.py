@@ -15,6 +15,7 @@ written. The output directory is replaced atomically.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 import warnings
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact, columns
+from . import artifact, columns, drift
 from .columns import Batch
 from .errors import ArtifactError, ClientError
 from .runner import ModelRunner
@@ -42,14 +43,20 @@ class PackageError(Exception):
 
 
 def column_of(name: str, series: Any) -> Column:
-    """One sample column -> its signature entry: datatype, nullable, categories, a typical value."""
-    import pandas as pd
-
+    """One sample column -> its signature entry: datatype, nullable, categories, a typical value, and
+    how its values fall into drift bins."""
     missing = series.isna()
     present = series[~missing]
     nullable = bool(missing.any())
     if present.empty:
         raise PackageError(f"sample column '{name}' has no values at all: its type cannot be known")
+    column = _typed_column(name, series, present, nullable)
+    return dataclasses.replace(column, distribution=drift.reference_of(column, series.to_numpy(dtype=object)))
+
+
+def _typed_column(name: str, series: Any, present: Any, nullable: bool) -> Column:
+    import pandas as pd
+
     dtype = series.dtype
     if pd.api.types.is_bool_dtype(dtype) or (pd.api.types.is_object_dtype(dtype) and present.map(type).eq(bool).all()):
         return Column(name, BOOL, nullable, example=bool(present.mode().iloc[0]))
@@ -147,6 +154,7 @@ def describe(
     description = runner.description
     if metrics is None:
         metrics = sample_metrics(answers.get("predict"), labels, description.task, len(sample))
+    reference = runner.model_input_mean(batch_of(sample, signature))
     metadata: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -161,6 +169,8 @@ def describe(
     }
     if description.classes is not None:
         metadata["classes"] = list(description.classes)
+    if reference is not None:  # linear explanations subtract the training mean of the model's input
+        metadata["explanation"] = {"reference": reference}
     if metrics:
         metadata["metrics"] = metrics
     return metadata

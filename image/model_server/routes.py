@@ -9,14 +9,14 @@ shell: the only one that turns a ClientError into a status.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import orjson
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from . import __version__, jsonbody, metrics, openapi, v1, v2
+from . import __version__, drift, explain, jsonbody, metrics, openapi, v1, v2
 from .config import Settings
 from .errors import BadRequest, ClientError, UnsupportedMediaType
 from .model import ModelHolder, Served
@@ -108,9 +108,16 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         runner = served.runner
         body, binary = decode_body(raw, mimetype, header)
         parsed = v2.parse_request(
-            body, binary, runner.signature, runner.outputs, served.default_outputs, settings.max_rows
+            body,
+            binary,
+            runner.signature,
+            runner.outputs,
+            served.default_outputs,
+            settings.max_rows,
+            runner.unavailable(),
         )
         results = runner.run(parsed.batch, parsed.outputs, "v2")
+        served.observe(parsed.batch)
         payload, binary_out = v2.encode_response(results, runner.outputs, parsed, holder.name, served.version)
         encoded = dumps(payload)
         if not binary_out and not parsed.binary_outputs:
@@ -143,12 +150,30 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         batch = v1.parse_request(body, runner.signature, settings.max_rows)
         output = served.default_outputs[0]
         values = runner.run(batch, (output,), "v1")[output]
+        served.observe(batch)
         payload = v1.encode_response(values, runner.outputs[output].datatype)
         return dumps(payload), [("Content-Type", "application/json")]
 
     @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
         return _flask_prediction(v1_handler, name=name)
+
+    def explain_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
+        served = holder.require(args["name"] or "")
+        runner = served.runner
+        body, _ = decode_body(raw, mimetype, None)
+        batch = v1.parse_request(body, runner.signature, settings.max_rows)
+        results = runner.run(batch, explain.OUTPUTS, "v1")
+        served.observe(batch)
+        explains = runner.outputs[explain.BASELINE].parameters["explains"]
+        payload = v1.encode_explanations(
+            results[explain.CONTRIBUTIONS], results[explain.BASELINE], runner.signature, explains
+        )
+        return dumps(payload), [("Content-Type", "application/json")]
+
+    @app.post("/v1/models/<model:name>:explain")
+    def explain_v1(name: str) -> Response:
+        return _flask_prediction(explain_handler, name=name)
 
     @app.post("/predict")
     def predict_alias() -> Response:
@@ -157,7 +182,15 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
     # ---- Operations -------------------------------------------------------------------
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition(settings.metrics_dir)
+        served = holder.served
+        scores = None
+        if served is not None and settings.drift_window:
+            signature = served.artifact.signature
+
+            def scores(counts: dict[tuple[str, str], float]) -> Iterable[tuple[str, float]]:
+                return ((column, psi) for column, psi, _ in drift.scores(signature, counts))
+
+        body, content_type = metrics.exposition(settings.metrics_dir, scores)
         return Response(body, content_type=content_type)
 
     @app.get("/openapi.json")
@@ -165,7 +198,12 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         served = holder.served if holder.ready() else None
         return json_response(openapi.document(__version__, holder.name, served))
 
-    return {"infer": infer_handler, "predict_v1": v1_handler, "predict_alias": v1_handler}
+    return {
+        "infer": infer_handler,
+        "predict_v1": v1_handler,
+        "predict_alias": v1_handler,
+        "explain_v1": explain_handler,
+    }
 
 
 def metadata(name: str, served: Served) -> dict[str, object]:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import codecs, compiled, metrics
+from . import codecs, compiled, explain, metrics
 from .columns import Batch
-from .config import OUTPUT_METHODS
+from .config import MODEL_METHODS
 from .errors import ArtifactError, Unprocessable
 from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
 
@@ -86,15 +86,19 @@ def linear_fast_predictor(model: Any, width: int) -> Method | None:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, signature: Signature) -> None:
+    def __init__(self, model: Any, signature: Signature, explain_reference: list[float] | None = None) -> None:
         self.model = model
         self.signature = signature
         self.codec = codecs.choose(signature)
         self.encode: Callable[[Batch], Any] = self.codec.encode
-        self.methods: dict[str, Method] = {
-            name: getattr(model, name) for name in OUTPUT_METHODS if hasattr(model, name)
-        }
+        self.methods: dict[str, Method] = {name: getattr(model, name) for name in MODEL_METHODS if hasattr(model, name)}
+        # The estimator the encoded matrix reaches, and the signature column of each of its input
+        # columns: known for models on a float matrix and for compiled pipelines (explanations).
+        self._final: Any = None
+        self._origins: np.ndarray | None = None
         path = f"model methods on a {self.codec.name}"
+        if isinstance(self.codec, codecs.MatrixCodec) and not hasattr(model, "steps"):
+            self._final, self._origins = model, np.arange(len(signature))
         fast = linear_fast_predictor(model, len(signature)) if isinstance(self.codec, codecs.MatrixCodec) else None
         if fast is not None and "predict" in self.methods:
             self.methods["predict"] = fast
@@ -104,6 +108,53 @@ class ModelRunner:
         classes = classes_of(model)
         self.description = Description(task_of(model), type(model).__name__, classes, path)
         self.outputs = self._probe_outputs(classes)
+        self.explainer: explain.Explainer | None = None
+        self.unexplained = self._explainer(explain_reference)
+
+    def _explainer(self, reference: list[float] | None) -> str:
+        """Set up contributions and baseline where the model has an exact decomposition; else why not."""
+        if self._final is None or self._origins is None:
+            return (
+                f"{self.description.estimator} is served by scikit-learn's own path, whose steps are not rebuilt here"
+            )
+        width = len(self._origins)
+        vector = np.asarray(reference, dtype=np.float64) if reference is not None and len(reference) == width else None
+        if vector is None:  # no training mean recorded: the signature's typical row stands in
+            vector = np.asarray(self.encode(self.example_batch()), dtype=np.float64)[0]
+        try:
+            explainer = explain.explainer_for(self._final, self._origins, len(self.signature), vector)
+        except explain.NotExplainable as exc:
+            return str(exc)
+        probe = np.asarray(self.encode(compiled.probe_batches(self.signature)[0]), dtype=np.float64)
+        problem = explainer.check(probe) if np.isfinite(probe).all() else "the probe rows hold missing values"
+        if problem is not None:
+            log.warning("explanations not served for this model: %s", problem)
+            return problem
+        self.explainer = explainer
+        parameters = {"explains": explainer.explains, "method": explainer.method}
+        self.outputs[explain.CONTRIBUTIONS] = Output(
+            explain.CONTRIBUTIONS,
+            FP64,
+            (-1, len(self.signature)),
+            {**parameters, "columns": list(self.signature.names)},
+        )
+        self.outputs[explain.BASELINE] = Output(explain.BASELINE, FP64, (-1,), parameters)
+        return ""
+
+    def model_input_mean(self, batch: Batch) -> list[float] | None:
+        """The mean of the final estimator's input over ``batch``: the reference linear explanations
+        subtract (the packager records it from the training sample)."""
+        if self.explainer is None or not self.explainer.method.startswith("linear"):
+            return None
+        matrix = np.asarray(self.encode(batch), dtype=np.float64)
+        return matrix.mean(axis=0).tolist() if np.isfinite(matrix).all() else None
+
+    def unavailable(self) -> dict[str, str]:
+        """Outputs a client may name that this model cannot give, with the reason."""
+        if self.explainer is not None:
+            return {}
+        reason = f"explanations are not supported for this model ({self.unexplained}); they are for {explain.SUPPORTED}"
+        return dict.fromkeys(explain.OUTPUTS, reason)
 
     def _compile(self, path: str) -> str:
         """Use a compiled plan (compiled.py) when there is one and it answers the probes as sklearn does."""
@@ -118,6 +169,7 @@ class ModelRunner:
             log.warning("compiled plan not used, it disagrees with scikit-learn: %s", problem)
             return path
         self.encode, self.methods = candidate.encode, dict(candidate.methods)
+        self._final, self._origins = candidate.final, candidate.origins
         return candidate.path
 
     def example_batch(self, rows: int = 1) -> Batch:
@@ -152,15 +204,29 @@ class ModelRunner:
                     parameters["positive_class"] = classes[1]
             outputs[name] = Output(name, codecs.output_datatype(values), (-1, *values.shape[1:]), parameters)
         if not outputs:
-            raise ArtifactError(f"{type(self.model).__name__} answers none of {', '.join(OUTPUT_METHODS)}")
+            raise ArtifactError(f"{type(self.model).__name__} answers none of {', '.join(MODEL_METHODS)}")
         return outputs
 
     def run(self, batch: Batch, names: tuple[str, ...], protocol: str) -> dict[str, np.ndarray]:
         """Each requested output for ``batch``, typed as its Output says."""
+        unavailable = self.unavailable()
+        for name in names:
+            if name in unavailable:
+                raise Unprocessable(unavailable[name])
         model_input = self.encode(batch)
         results: dict[str, np.ndarray] = {}
+        if explain.CONTRIBUTIONS in names or explain.BASELINE in names:
+            assert self.explainer is not None
+            with np.errstate(over="ignore", invalid="ignore"):
+                contributions, baseline = self.explainer.explain(np.asarray(model_input, dtype=np.float64))
+            results[explain.CONTRIBUTIONS], results[explain.BASELINE] = contributions, baseline
         for name in names:
             output = self.outputs[name]
+            if name in results:
+                values = results[name]
+                if not np.isfinite(values).all():
+                    raise Unprocessable(f"{name} is not finite for these inputs: values too large for this model")
+                continue
             # Finite inputs can still overflow (1e308 * a coefficient): those rows are refused by
             # number below rather than answered null (JSON has no infinity) with a warning per request.
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

@@ -33,6 +33,8 @@ class Column:
     categories: tuple[str, ...] = ()
     # A typical value (median, or the most frequent category): example requests and smoke tests.
     example: Any = 0.0
+    # How the training data fell into bins (drift.reference_of): what drift is measured against.
+    distribution: dict[str, Any] | None = field(default=None, compare=False)
 
     def describe(self) -> str:
         kind = {FP64: "numbers", INT64: "whole numbers", BOOL: "true/false", BYTES: "strings"}[self.datatype]
@@ -43,6 +45,8 @@ class Column:
         if self.categories:
             out["categories"] = list(self.categories)
         out["example"] = self.example
+        if self.distribution is not None:
+            out["distribution"] = self.distribution
         return out
 
 
@@ -118,6 +122,7 @@ def read(metadata: dict[str, Any], where: str) -> Signature:
                 nullable=bool(raw.get("nullable", False)),
                 categories=tuple(categories),
                 example=raw.get("example", categories[0] if categories else 0.0),
+                distribution=_distribution(raw.get("distribution"), raw["name"], where),
             )
         )
     names = [c.name for c in columns]
@@ -142,3 +147,19 @@ def read_outputs(metadata: dict[str, Any], where: str) -> tuple[Output, ...] | N
             Output(item["name"], str(item.get("datatype")), tuple(item["shape"]), dict(item.get("parameters", {})))
         )
     return tuple(outputs)
+
+
+def _distribution(raw: Any, name: str, where: str) -> dict[str, Any] | None:
+    """A column's recorded training distribution, checked enough that drift arithmetic cannot fail on it."""
+    if raw is None:
+        return None
+    proportions = raw.get("proportions") if isinstance(raw, dict) else None
+    bins = raw.get("edges", raw.get("categories")) if isinstance(raw, dict) else None
+    if not (isinstance(proportions, list) and isinstance(bins, list) and isinstance(raw.get("missing"), float | int)):
+        raise ArtifactError(f"{where}: input '{name}' has a malformed distribution")
+    expected = len(bins) + 1 if "edges" in raw else len(bins)
+    if len(proportions) != expected or ("categories" in raw and not isinstance(raw.get("other"), float | int)):
+        raise ArtifactError(
+            f"{where}: input '{name}' distribution has {len(proportions)} proportions for {expected} bins"
+        )
+    return raw

@@ -76,3 +76,21 @@ def _columns_from_objects(instances: list[Any], signature: Signature) -> dict[st
 
 def encode_response(values: np.ndarray, datatype: str) -> dict[str, Any]:
     return {"predictions": values.tolist() if datatype == BYTES else values}
+
+
+def encode_explanations(
+    contributions: np.ndarray, baseline: np.ndarray, signature: Signature, explains: str
+) -> dict[str, Any]:
+    """``{"explanations": [...]}``: per row the explained value, its baseline and each column's part."""
+    values = baseline + contributions.sum(axis=1)
+    return {
+        "explanations": [
+            {
+                "explains": explains,
+                "value": float(value),
+                "baseline": float(base),
+                "contributions": dict(zip(signature.names, row.tolist(), strict=True)),
+            }
+            for value, base, row in zip(values, baseline, contributions, strict=True)
+        ]
+    }

@@ -73,6 +73,7 @@ def parse_request(
     available: Mapping[str, Output],
     default_outputs: tuple[str, ...],
     max_rows: int,
+    unavailable: Mapping[str, str] | None = None,
 ) -> InferRequest:
     """Decoded V2 JSON (plus any binary section) -> checked batch, requested outputs, response options."""
     if not isinstance(body, dict):
@@ -89,7 +90,11 @@ def parse_request(
     # request is reported as malformed whatever its size claims.
     tensors = [_describe(tensor, index) for index, tensor in enumerate(inputs)]
     outputs, binary_outputs = _requested_outputs(
-        body.get("outputs", _ABSENT), available, default_outputs, bool(parameters.get("binary_data_output"))
+        body.get("outputs", _ABSENT),
+        available,
+        default_outputs,
+        bool(parameters.get("binary_data_output")),
+        unavailable or {},
     )
     names = [t.name for t in tensors]
     duplicated = next((name for name in names if names.count(name) > 1), None)
@@ -277,7 +282,11 @@ def _column_batch(tensors: list[_Tensor], arrays: dict[str, np.ndarray], signatu
 
 
 def _requested_outputs(
-    outputs: Any, available: Mapping[str, Output], default: tuple[str, ...], all_binary: bool
+    outputs: Any,
+    available: Mapping[str, Output],
+    default: tuple[str, ...],
+    all_binary: bool,
+    unavailable: Mapping[str, str],
 ) -> tuple[tuple[str, ...], set[str]]:
     """Validate ``outputs``; return the names to answer, in order, and those to send as binary."""
     if outputs is _ABSENT or outputs == []:
@@ -290,6 +299,8 @@ def _requested_outputs(
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise BadRequest(f'outputs[{index}] needs a "name" string')
         name = output["name"]
+        if name in unavailable:
+            raise Unprocessable(unavailable[name])
         if name not in available:
             raise BadRequest(f"unknown output '{name}'; this model has {', '.join(available)}")
         if name in names:

@@ -66,7 +66,7 @@ def test_saved_artifact_round_trips_with_full_metadata(artifact_dir: Path):
     assert meta["schema_version"] == 2
     assert loaded.signature.names[:3] == ("age", "sex", "bmi")
     assert {c.datatype for c in loaded.signature.columns} == {"FP64"}
-    assert [o["name"] for o in meta["outputs"]] == ["predict"]
+    assert [o["name"] for o in meta["outputs"]] == ["predict", "contributions", "baseline"]
 
 
 def test_save_replaces_an_existing_directory_atomically(artifact_dir: Path, tmp_path: Path):

@@ -114,8 +114,21 @@ def test_a_pipeline_with_strings_and_gaps_is_packaged_and_served(penguins_like, 
         "nullable": False,
         "categories": ["Biscoe", "Dream", "Torgersen"],
         "example": metadata["inputs"][0]["example"],
+        "distribution": {
+            "categories": ["Biscoe", "Torgersen", "Dream"],  # the sample's shares, most frequent first
+            "proportions": [0.4, 0.35, 0.25],
+            "other": 0.0,
+            "missing": 0.0,
+        },
     }
-    assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba", "decision_function"]
+    assert [o["name"] for o in metadata["outputs"]] == [
+        "predict",
+        "predict_proba",
+        "decision_function",
+        "contributions",
+        "baseline",
+    ]
+    assert len(metadata["explanation"]["reference"]) == 6  # island and sex one-hot (3 + 2), bill_mm
     assert metadata["metrics"]["sample_rows"] == 60
     assert 0 <= metadata["metrics"]["sample_accuracy"] <= 1
     assert metadata["model_sha256"] == artifact.sha256_file(tmp_path / "out" / "model.skops")

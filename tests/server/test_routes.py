@@ -42,7 +42,8 @@ def test_model_metadata_describes_tensors(client, url):
     assert {(i["datatype"], tuple(i["shape"]), i["parameters"]["nullable"]) for i in meta["inputs"]} == {
         ("FP64", (-1,), False)
     }
-    assert meta["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    assert meta["outputs"][0] == {"name": "predict", "datatype": "FP64", "shape": [-1]}
+    assert [o["name"] for o in meta["outputs"][1:]] == ["contributions", "baseline"]
     parameters = meta["parameters"]
     assert parameters["matrix_input"] == {"name": "input-0", "datatype": "FP64", "shape": [-1, 10]}
     assert (parameters["task"], parameters["estimator"]) == ("regression", "LinearRegression")

@@ -1,0 +1,101 @@
+"""Drift: a PSI per input column against the training distribution, calm for training-like traffic,
+high for a shifted column, summed correctly over gunicorn workers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import requests
+from model_server import drift
+from model_server.app import create_app
+from model_server.columns import Batch
+from model_server.signature import Column, Signature
+from sklearn.datasets import load_diabetes
+
+from .conftest import make_settings
+
+DIABETES = load_diabetes()
+COLUMNS = list(DIABETES.feature_names)
+
+
+def drift_scores(text: str) -> dict[str, float]:
+    return {m[0]: float(m[1]) for m in re.findall(r'model_server_feature_drift\{column="([^"]+)"\} (\S+)', text)}
+
+
+def window_rows(text: str) -> float:
+    """Rows in the window over the diabetes columns (other tests' models share the test process)."""
+    series = re.findall(r'model_server_drift_window_rows\{bin="[^"]*",column="([^"]+)"\} (\S+)', text)
+    return sum(float(v) for column, v in series if column in COLUMNS)
+
+
+def send(client_or_url, rows: np.ndarray, batch: int = 20) -> None:
+    for start in range(0, len(rows), batch):
+        body = {"instances": rows[start : start + batch].tolist()}
+        if isinstance(client_or_url, str):
+            assert requests.post(client_or_url, json=body, timeout=5).status_code == 200
+        else:
+            assert client_or_url.post("/predict", json=body).status_code == 200
+
+
+def test_training_like_traffic_is_calm_and_a_shifted_column_stands_out(artifact_dir):
+    client = create_app(make_settings(artifact_dir, MODEL_SERVER_DRIFT_WINDOW="400")).test_client()
+    rng = np.random.default_rng(0)
+    calm = DIABETES.data[rng.integers(0, len(DIABETES.data), 300)]
+    send(client, calm)
+    scores = drift_scores(client.get("/metrics").get_data(as_text=True))
+    assert set(scores) == set(COLUMNS)
+    assert max(scores.values()) < 0.1, scores
+    shifted = DIABETES.data[rng.integers(0, len(DIABETES.data), 300)].copy()
+    bmi = COLUMNS.index("bmi")
+    shifted[:, bmi] += 3 * DIABETES.data[:, bmi].std()
+    send(client, shifted)
+    scores = drift_scores(client.get("/metrics").get_data(as_text=True))
+    assert scores["bmi"] > 0.25, scores
+    assert max(v for k, v in scores.items() if k != "bmi") < 0.1, scores
+
+
+def test_no_score_until_the_window_holds_enough_rows_and_none_when_off(artifact_dir):
+    client = create_app(make_settings(artifact_dir)).test_client()
+    send(client, DIABETES.data[:40])
+    text = client.get("/metrics").get_data(as_text=True)
+    assert window_rows(text) == 40 * len(COLUMNS)
+    assert drift_scores(text) == {}
+    off = create_app(make_settings(artifact_dir, MODEL_SERVER_DRIFT_WINDOW="0")).test_client()
+    send(off, DIABETES.data[:200])
+    assert drift_scores(off.get("/metrics").get_data(as_text=True)) == {}
+
+
+def test_string_columns_count_unseen_values_as_other_and_nulls_as_missing():
+    column = Column("island", "BYTES", nullable=True, categories=("Biscoe", "Dream"))
+    reference = drift.reference_of(column, np.array(["Biscoe", "Dream", "Dream", np.nan], dtype=object))
+    assert reference == {"categories": ["Dream", "Biscoe"], "proportions": [0.5, 0.25], "other": 0.0, "missing": 0.25}
+    signature = Signature((Column("island", "BYTES", True, distribution=reference),))
+    window = drift.Window(signature, size=4)
+    window.observe(Batch(rows=3, columns={"island": np.array(["Atlantis", np.nan, "Dream"], dtype=object)}))
+    assert window.counts[0].tolist() == [1, 0, 1, 1]  # Dream, Biscoe, other, missing
+
+
+def test_the_window_forgets_the_oldest_rows():
+    column = Column("x", "FP64", distribution=drift.reference_of(Column("x", "FP64"), np.arange(100.0)))
+    window = drift.Window(Signature((column,)), size=10)
+    window.observe(Batch(rows=8, matrix=np.full((8, 1), -5.0)))  # all in the lowest bin
+    window.observe(Batch(rows=6, matrix=np.full((6, 1), 500.0)))  # the top bin; 4 of the lows drop out
+    assert window.counts[0][0] == 4
+    assert window.counts[0][-2] == 6  # the last numeric bin (the very last is "missing")
+    assert window.counts[0].sum() == 10
+    window.observe(Batch(rows=25, matrix=np.full((25, 1), -5.0)))  # more than the window: the last 10 count
+    assert window.counts[0][0] == 10
+
+
+@pytest.mark.slow
+def test_counts_and_scores_are_summed_over_gunicorn_workers(start_server, artifact_dir):
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_DRIFT_WINDOW": "1000"})
+    rows = DIABETES.data[np.random.default_rng(1).integers(0, len(DIABETES.data), 400)]
+    send(f"{server.url}/predict", rows, batch=1)  # 400 one-row requests spread over both workers
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert window_rows(text) == 400 * len(COLUMNS)
+    scores = drift_scores(text)
+    assert set(scores) == set(COLUMNS)
+    assert max(scores.values()) < 0.1
