@@ -13,7 +13,7 @@ from . import OpsError, manifests, tools
 from .environments import Declaration, Environment
 from .render import render
 from .tools import ROOT
-from .values import pin_errors, schema_errors
+from .values import release_problems
 
 DEFAULT_KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")
 PUBLIC_SCHEMA_LOCATIONS = (
@@ -72,22 +72,17 @@ def validate(
             for release in env.select(models):
                 where = f"{env.name}/{release.model}"
                 try:
-                    errors = schema_errors(decl, env, release, root)
+                    errors = release_problems(decl, env, release, root)
+                    rendered = "" if errors else render(decl, env, release, root)
                 except OpsError as exc:
                     report.fail(f"{where}: {exc}")
                     continue
-                errors += pin_errors(decl, env, release, root)
+                for error in errors:
+                    report.fail(f"{where}: values: {error}")
                 if errors:
-                    for error in errors:
-                        report.fail(f"{where}: values: {error}")
                     continue
                 chart = f"chart {env.chart_version}" if env.chart_version else f"chart from {decl.revision}"
                 report.ok(f"{where}: values pass the schema of the {chart}, pins complete")
-                try:
-                    rendered = render(decl, env, release, root)
-                except OpsError as exc:
-                    report.fail(f"{where}: {exc}")
-                    continue
                 target = Path(scratch) / f"{env.name}-{release.model}.yaml"
                 target.write_text(rendered)
                 _kubeconform_each(report, f"{where}: rendered chart", [target], versions, locations)

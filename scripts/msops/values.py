@@ -8,6 +8,7 @@ files replaced, each atomically. A refused edit leaves every file byte-for-byte 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import json
 import os
@@ -160,25 +161,62 @@ def schema_errors(
     ]
 
 
+def from_image(values: dict[str, Any]) -> bool:
+    """Whether merged values serve the artifact baked into the image (the chart's default mode)."""
+    return (get_path(values, "model.mode") or "image") == "image"
+
+
+def _setting_file(release: Release, key: str, root: Path) -> str:
+    """The last of the release's values files that sets ``key`` (the one to edit), else its own last file."""
+    for file in reversed(release.values_files):
+        if get_path(files_values((file,), root), key) is not None:
+            return file
+    return release.values_files[-1]
+
+
 def pin_errors(decl: Declaration, env: Environment, release: Release, root: Path = ROOT) -> list[str]:
-    """What a pinned environment lacks for one release, and a model store path that names another version."""
+    """What a pinned environment lacks for one release, a sha256 pin no image build can meet, and a
+    model store path that names another version.
+
+    Where the artifact comes from decides what pins it. From the model store (a volume), nothing but
+    model.sha256 does: a pinned environment needs it. From the image, the image digest does, and a
+    sha256 pin cannot work: every build trains anew and a skops file is a zip with timestamps, so
+    each build has another sha256, and the server would refuse the one it was built with."""
     values = release_values(release, root)
     model = values.get("model") or {}
+    baked = from_image(values)
     problems = []
     if env.pinned:
         if not get_path(values, "image.digest"):
             problems.append(f"{env.name} requires an image digest (pinned in environments.yaml)")
-        for key in ("version", "sha256"):
-            if not model.get(key):
-                problems.append(f"{env.name} requires model.{key} for {release.model} (pinned in environments.yaml)")
+        if not model.get("version"):
+            problems.append(f"{env.name} requires model.version for {release.model} (pinned in environments.yaml)")
+        if not baked and not model.get("sha256"):
+            problems.append(
+                f"{env.name} requires model.sha256 for {release.model}: it reads the model store "
+                "(pinned in environments.yaml)"
+            )
+    if baked and model.get("sha256"):
+        problems.append(
+            f"{_setting_file(release, 'model.sha256', root)}: model.sha256 is set, but {release.model} is the "
+            "artifact baked into the image (model.mode image), which every image build writes anew with another "
+            "sha256, so the server would never become ready; leave it empty: the image digest pins the artifact"
+        )
     if model.get("mode") == "existingClaim" and model.get("version"):
         expected = decl.store_path(release.model, str(model["version"]))
         if model.get("subPath") != expected:
             problems.append(
-                f"{release.values_files[-1]}: model.subPath is {model.get('subPath')!r}, but version "
-                f"{model['version']} of {release.model} is at {expected!r} in the model store"
+                f"{_setting_file(release, 'model.subPath', root)}: model.subPath is {model.get('subPath')!r}, but "
+                f"version {model['version']} of {release.model} is at {expected!r} in the model store"
             )
     return problems
+
+
+def release_problems(
+    decl: Declaration, env: Environment, release: Release, root: Path = ROOT, git_root: Path | None = None
+) -> list[str]:
+    """Why one release's values may not be applied: the schema of the chart ``env`` installs, and the pins."""
+    return schema_errors(decl, env, release, root, git_root) + pin_errors(decl, env, release, root)
 
 
 Change = Callable[[CommentedMap], None]
@@ -248,9 +286,9 @@ def check(decl: Declaration, names: list[str], root: Path, git_root: Path | None
     problems = manifests.check_all(decl, root)
     for env in decl.select(names):
         for release in env.releases:
-            where = f"{env.name}/{release.model}"
-            problems += [f"{where}: {e}" for e in schema_errors(decl, env, release, root, git_root)]
-            problems += [p for p in pin_errors(decl, env, release, root) if p not in problems]
+            problems += [
+                f"{env.name}/{release.model}: {e}" for e in release_problems(decl, env, release, root, git_root)
+            ]
             if not problems:
                 render(decl, env, release, root, git_root=git_root)
     if problems:
@@ -299,27 +337,90 @@ def promote_image(
     return edit(decl, {target.values_files[-1]: change}, [target.name], root, dry_run)
 
 
-def promote_model(
-    decl: Declaration, source: Environment, target: Environment, model: str, root: Path = ROOT, dry_run: bool = False
-) -> str:
-    """Copy one model's keys (promotedKeys.model) to ``target``; where it reads the model store,
-    model.subPath follows the version. Other models and the environment's own values stay as they are."""
-    _next(decl, source, target)
+def artifact_pin(directory: Path) -> dict[str, str]:
+    """model.version and model.sha256 from an artifact directory's metadata.json (what scripts/train and
+    scripts/package-model write, and the ML release pipeline copies to the model store). The model file
+    beside it, when present, must hash to the recorded sha256."""
+    metadata_path = directory / "metadata.json"
+    try:
+        metadata = json.loads(metadata_path.read_text())
+    except OSError as exc:
+        raise OpsError(f"--artifact {directory}: cannot read metadata.json ({exc.strerror})") from None
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise OpsError(f"{metadata_path} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise OpsError(f"{metadata_path} must hold a JSON object")
+    version, sha256 = metadata.get("version"), metadata.get("model_sha256")
+    if not isinstance(version, str | int) or isinstance(version, bool) or not str(version):
+        raise OpsError(f"{metadata_path}: version must be a non-empty string, not {version!r}")
+    if not isinstance(sha256, str) or not SHA256.match(sha256):
+        raise OpsError(f"{metadata_path}: model_sha256 {sha256!r} is not 64 lowercase hex digits")
+    model_file = metadata.get("model_file")
+    if isinstance(model_file, str) and (directory / Path(model_file).name).is_file():
+        path = directory / Path(model_file).name
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != sha256:
+            raise OpsError(f"{path} has sha256 {actual}, but {metadata_path} records {sha256}: a damaged artifact")
+    return {"model.version": str(version), "model.sha256": sha256}
+
+
+def model_pin(
+    decl: Declaration, source: Environment, model: str, root: Path = ROOT, artifact: Path | None = None
+) -> dict[str, Any]:
+    """The keys promotion moves for ``model`` (promotedKeys.model) as ``source`` pins them; with
+    ``artifact``, version and sha256 from that artifact directory, which must be the version ``source`` runs."""
     merged = release_values(source.release(model), root)
     picked = {key: get_path(merged, key) for key in decl.promoted_keys["model"]}
-    version, sha256 = picked.get("model.version"), picked.get("model.sha256")
-    if not version:
+    if artifact is not None:
+        recorded = artifact_pin(artifact)
+        for key, value in recorded.items():
+            pinned = picked.get(key)
+            if pinned and str(pinned) != value:
+                raise OpsError(
+                    f"--artifact {artifact} records {key} {value}, but {source.name} pins {pinned} for {model}: "
+                    f"promote the artifact {source.name} runs"
+                )
+        picked.update(recorded)
+    if not picked.get("model.version"):
         raise OpsError(f"{source.name} pins no model.version for {model}: nothing to promote")
+    sha256 = picked.get("model.sha256")
     if sha256 and not SHA256.match(str(sha256)):
         raise OpsError(f"{source.model_file(model)}: model.sha256 {sha256!r} is not 64 lowercase hex digits")
-    target_release = target.release(model)
-    reads_store = (get_path(release_values(target_release, root), "model.mode") or "image") != "image"
+    return picked
+
+
+def promote_model(
+    decl: Declaration,
+    source: Environment,
+    target: Environment,
+    model: str,
+    root: Path = ROOT,
+    dry_run: bool = False,
+    artifact: Path | None = None,
+) -> str:
+    """Copy one model's keys (promotedKeys.model) to ``target``, or, with ``artifact``, the version and
+    sha256 its metadata.json records; where ``target`` reads the model store, model.subPath follows the
+    version. Other models and the environment's own values stay as they are."""
+    _next(decl, source, target)
+    picked = model_pin(decl, source, model, root, artifact)
+    version = str(picked["model.version"])
+    reads_store = not from_image(release_values(target.release(model), root))
+    if not reads_store:
+        # The image digest pins a baked artifact; a sha256 pin would refuse every new build's.
+        picked["model.sha256"] = ""
+    elif target.pinned and not picked.get("model.sha256"):
+        why = " (its image pins the artifact)" if from_image(release_values(source.release(model), root)) else ""
+        raise OpsError(
+            f"{source.name} pins no model.sha256 for {model}{why}, but pinned "
+            f"{target.name} reads it from the model store: pass --artifact DIR, the directory released to "
+            f"{decl.store_path(model, version)}, to take version and sha256 from its metadata.json"
+        )
 
     def change(data: CommentedMap) -> None:
         for key, value in picked.items():
             set_path(data, key, value)
         if reads_store:
-            set_path(data, "model.subPath", decl.store_path(model, str(version)))
+            set_path(data, "model.subPath", decl.store_path(model, version))
 
     return edit(decl, {target.model_file(model): change}, [target.name], root, dry_run)
 

@@ -169,6 +169,10 @@ def test_install_is_available_admitted_and_accepted(
         assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     config = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ConfigMap" and "PORT" in d["data"])
     assert config["data"]["MODEL_SERVER_EXPECTED_VERSION"] == merged["model"]["version"]
+    # The image pins a baked artifact (no sha256: each build has another); the model store's by sha256.
+    baked = merged["model"]["mode"] == "image"
+    assert config["data"]["MODEL_SERVER_EXPECTED_SHA256"] == ("" if baked else merged["model"]["sha256"])
+    assert baked or len(config["data"]["MODEL_SERVER_EXPECTED_SHA256"]) == 64
 
 
 @pytest.mark.parametrize(("env", "release"), RELEASES, ids=[release_id(item) for item in RELEASES])

@@ -1,15 +1,12 @@
 """render, validate and diff over the real environments (the offline schema mirror when present)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import yaml
 from msops import OpsError, environments, validate
 from msops.diff import against_ref, between_environments
 from msops.render import render
 
+from tests.environments.conftest import chart_version, msops, publish_chart
 from tests.kube import ROOT, schema_dir
 
 
@@ -116,19 +113,17 @@ def test_diff_against_a_ref_shows_a_pending_change(repo):
 
 def test_a_pinned_environment_renders_the_chart_version_git_published(repo):
     """main has moved on to a newer chart; staging still renders (and diffs against) what it pins."""
-    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
-    chart_yaml = repo / "chart/Chart.yaml"
-    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.2.0", "version: 0.3.0"))
-    configmap = repo / "chart/templates/configmap.yaml"
-    configmap.write_text(configmap.read_text().replace('HOST: "0.0.0.0"', 'HOST: "0.0.0.0"\n  NEW_IN_0_3: "1"'))
-    subprocess.run([*git, "commit", "-qam", "chart 0.3.0"], cwd=repo, check=True)
+    pinned = environments.load(repo).get("staging").chart_version
+    publish_chart(repo, "9.0.0", change='NEW_IN_9: "1"')
     decl = environments.load(repo)
     staging, dev = decl.get("staging"), decl.get("dev")
-    assert "NEW_IN_0_3" not in render(decl, staging, staging.release("diabetes"), repo)
-    assert "NEW_IN_0_3" in render(decl, dev, dev.release("diabetes"), repo)
-    assert "NEW_IN_0_3" in between_environments("staging", "dev", ["diabetes"], root=repo)
+    assert "NEW_IN_9" not in render(decl, staging, staging.release("diabetes"), repo)
+    assert "NEW_IN_9" in render(decl, dev, dev.release("diabetes"), repo)
+    assert "NEW_IN_9" in between_environments("staging", "dev", ["diabetes"], root=repo)
     (repo / "environments/environments.yaml").write_text(
-        (repo / "environments/environments.yaml").read_text().replace("chartVersion: 0.2.0", "chartVersion: 0.1.7", 1)
+        (repo / "environments/environments.yaml")
+        .read_text()
+        .replace(f"chartVersion: {pinned}", "chartVersion: 0.1.7", 1)
     )
     with pytest.raises(OpsError, match=r"chart version 0\.1\.7 was never in chart/Chart\.yaml"):
         render(decl := environments.load(repo), decl.get("staging"), decl.get("staging").release("diabetes"), repo)
@@ -138,43 +133,25 @@ def test_a_chart_change_without_a_version_bump_is_caught(repo):
     assert validate.chart_change_without_bump("HEAD", repo) is None
     values_yaml = repo / "chart/values.yaml"
     values_yaml.write_text(values_yaml.read_text().replace("replicaCount: 1", "replicaCount: 2"))
-    assert "still says version 0.2.0: bump it" in validate.chart_change_without_bump("HEAD", repo)
+    version = chart_version(repo)
+    assert f"still says version {version}: bump it" in validate.chart_change_without_bump("HEAD", repo)
     chart_yaml = repo / "chart/Chart.yaml"
-    chart_yaml.write_text(chart_yaml.read_text().replace("version: 0.2.0", "version: 0.2.1"))
+    chart_yaml.write_text(chart_yaml.read_text().replace(f"version: {version}", "version: 9.0.1"))
     assert validate.chart_change_without_bump("HEAD", repo) is None
 
 
 def test_scripts_render_writes_one_file_per_environment(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
-    subprocess.run(
-        [sys.executable, "-m", "msops", "render", "--output-dir", str(tmp_path)],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    written = msops("render", "--output-dir", str(tmp_path))
+    assert written.returncode == 0, written.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"{e}-{m}.yaml" for e in ("dev", "prod", "staging") for m in ("diabetes", "penguins")
     ]
-    one = subprocess.run(
-        [sys.executable, "-m", "msops", "render", "--env", "prod", "--model", "penguins"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    one = msops("render", "--env", "prod", "--model", "penguins")
     assert one.stdout.startswith("# ---- environment: prod, model: penguins (release model-server-penguins")
     assert "model-server-diabetes" not in one.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "msops", "render", "--env", "qa"], env=env, capture_output=True, text=True, check=False
-    )
+    bad = msops("render", "--env", "qa")
     assert bad.returncode == 1
     assert "unknown environment 'qa'" in bad.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "msops", "render", "--model", "iris"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = msops("render", "--model", "iris")
     assert bad.returncode == 1
     assert bad.stderr.strip() == "render: dev serves no model 'iris' (it serves: diabetes, penguins)"
