@@ -1,8 +1,13 @@
 """Assertions over the parsed, rendered objects: defaults and every toggle."""
 
-import pytest
+import shutil
 
-from tests.kube import HELMS, by_kind, one, template
+import pytest
+import yaml
+
+from tests.kube import CHART, HELMS, by_kind, helm, one, template
+
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 
 DIGEST = "sha256:" + "c" * 64
 
@@ -65,10 +70,26 @@ def test_labels_and_selector_never_carry_a_version(defaults):
     for doc in defaults:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == ("model-server-test" if doc["kind"] == "Pod" else "model-server")
-        assert labels["helm.sh/chart"] == "model-server-0.2.0"
+        assert labels["helm.sh/chart"] == f"model-server-{CHART_VERSION}"
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
     assert "app.kubernetes.io/version" not in one(defaults, "Deployment")["spec"]["selector"]["matchLabels"]
     assert "app.kubernetes.io/version" not in one(defaults, "Service")["spec"]["selector"]
+    assert "helm.sh/chart" not in one(defaults, "Deployment")["spec"]["template"]["metadata"]["labels"]
+
+
+def test_a_new_chart_version_alone_does_not_roll_the_pods(defaults, tmp_path):
+    """Flux builds dev's chart from git as <version>+<commit>: a commit that changes nothing in the pod
+    (another model's values, another environment) must not restart every model."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)
+    chart_yaml = copy / "Chart.yaml"
+    chart_yaml.write_text(
+        chart_yaml.read_text().replace(f"version: {CHART_VERSION}", f"version: {CHART_VERSION}+0a1b2c")
+    )
+    docs = [d for d in yaml.safe_load_all(helm("template", "rel", str(copy), "--namespace", "ns").stdout) if d]
+    deployment = one(docs, "Deployment")
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == f"model-server-{CHART_VERSION}_0a1b2c"
+    assert deployment["spec"]["template"] == one(defaults, "Deployment")["spec"]["template"]
 
 
 def test_port_is_parameterized_end_to_end():
@@ -91,6 +112,8 @@ def test_server_settings_reach_the_configmap_and_roll_pods():
     assert data["MODEL_SERVER_MODEL_DIR"] == "/models/default"
     checksum = lambda docs: one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
     assert checksum(base) != checksum(changed)
+    # Only the settings count: labels and annotations on the ConfigMap roll nothing.
+    assert checksum(template(sets=("commonAnnotations.team=ml", "image.tag=9.9.9"))) == checksum(base)
 
 
 def test_digest_wins_over_tag():

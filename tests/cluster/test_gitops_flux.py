@@ -1,11 +1,15 @@
-"""The GitOps loop for real: a commit to an environment's values reaches the API server through Flux.
+"""The GitOps loop for real: a commit to dev's values reaches the API server through Flux, for every model.
 
 A local git server on 127.0.0.1 serves a repository made of this checkout's chart/ and environments/;
-the project's own GitRepository and HelmRelease (environments/flux) point Flux's source- and
-helm-controllers at it. Two changes are made to the applied copies, both stated here: the
-GitRepository URL (GitHub is not reachable) and `spec.test.enable: false`, because kwok runs no
-container, so the smoke-test Pod could never succeed and would fail every release for a reason that
-says nothing about the chart (the test Pod's admission is checked in test_environments).
+the project's own GitRepository and dev's HelmReleases, one per model (environments/flux), point
+Flux's source- and helm-controllers at it. Two changes are made to the applied copies, both stated
+here: the GitRepository URL (GitHub is not reachable) and `spec.test.enable: false`, because kwok
+runs no container, so the smoke-test Pod could never succeed and would fail every release for a
+reason that says nothing about the chart (the test Pod's admission is checked in test_environments).
+
+A commit to dev's environment-wide values upgrades every model's release, and its revert rolls each
+back; a commit to one model's values file changes that model's Deployment and leaves the other's
+pod template as it was.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 DECL = environments.load()
 ENV = DECL.get("dev")
-# One model's HelmRelease is enough to prove the loop; dev's environment-wide values reach every model alike.
-RELEASE = ENV.releases[0]
-HELM_RELEASE = f"model-server-{RELEASE.model}-{ENV.name}"
+# Every model dev serves, each its own HelmRelease (model-server-<model>-dev) and Helm release.
+RELEASES = ENV.releases
+assert len(RELEASES) >= 2, "the per-model test needs a model that must not move"
 FLUX = ROOT / "environments" / "flux"
 GIT = ["git", "-c", "user.email=e2e@example.com", "-c", "user.name=e2e", "-c", "commit.gpgsign=false"]
 
@@ -82,6 +86,10 @@ class Remote:
         self.server.wait(timeout=10)
 
 
+def helm_release_name(release: environments.Release) -> str:
+    return f"{release.name}-{ENV.name}"
+
+
 def condition(obj: dict, kind: str) -> dict:
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
 
@@ -97,14 +105,17 @@ def remote(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rem
     assert source["spec"]["url"] == DECL.repo_url
     assert source["spec"]["ref"]["branch"] == DECL.revision
     source["spec"]["url"] = remote.url
-    release = yaml.safe_load((FLUX / ENV.name / f"{RELEASE.model}.yaml").read_text())
-    assert release["metadata"]["name"] == HELM_RELEASE
-    assert release["spec"]["releaseName"] == RELEASE.name
-    assert release["spec"]["targetNamespace"] == ENV.namespace
-    assert release["spec"]["chart"]["spec"]["valuesFiles"] == manifests.flux_values_files(DECL, RELEASE)
-    release["spec"]["test"]["enable"] = False
+    helm_releases = []
+    for release in RELEASES:
+        helm_release = yaml.safe_load((FLUX / ENV.name / f"{release.model}.yaml").read_text())
+        assert helm_release["metadata"]["name"] == helm_release_name(release)
+        assert helm_release["spec"]["releaseName"] == release.name
+        assert helm_release["spec"]["targetNamespace"] == ENV.namespace
+        assert helm_release["spec"]["chart"]["spec"]["valuesFiles"] == manifests.flux_values_files(DECL, release)
+        helm_release["spec"]["test"]["enable"] = False
+        helm_releases.append(helm_release)
     kube.kubectl("create", "namespace", "flux-system", check=False)
-    kube.apply([source, release])
+    kube.apply([source, *helm_releases])
     try:
         yield remote
     finally:
@@ -114,7 +125,7 @@ def remote(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rem
             "-",
             "--wait=true",
             "--timeout=120s",
-            input_text=yaml.safe_dump_all([release, source]),
+            input_text=yaml.safe_dump_all([*helm_releases, source]),
             check=False,
         )
         remote.stop()
@@ -143,15 +154,18 @@ def reconcile_source(kube: Kube, revision: str) -> None:
     )
 
 
-def release_state(kube: Kube) -> tuple[bool, int | None, int]:
-    hr = kube.json("get", "helmrelease", HELM_RELEASE, "-n", "flux-system")
+def deployment(kube: Kube, release: environments.Release) -> dict | None:
+    items = kube.json("get", "deployment", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={release.name}")
+    return items["items"][0] if items["items"] else None
+
+
+def release_state(kube: Kube, release: environments.Release) -> tuple[bool, int | None, int]:
+    hr = kube.json("get", "helmrelease", helm_release_name(release), "-n", "flux-system")
     ready = condition(hr, "Ready").get("status") == "True"
-    deps = kube.json("get", "deployment", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={RELEASE.name}")
-    items = deps["items"]
-    if not items:
+    dep = deployment(kube, release)
+    if dep is None:
         return ready, None, 0
-    status = items[0].get("status", {})
-    return ready, items[0]["spec"]["replicas"], status.get("readyReplicas") or 0
+    return ready, dep["spec"]["replicas"], dep.get("status", {}).get("readyReplicas") or 0
 
 
 def flux_status(kube: Kube) -> str:
@@ -164,34 +178,86 @@ def flux_status(kube: Kube) -> str:
     return "\n".join(lines)
 
 
-def settled(kube: Kube, replicas: int, what: str) -> list[str]:
-    """Wait for the HelmRelease Ready with ``replicas`` ready; return Helm's history statuses."""
+def history(kube: Kube, release: environments.Release) -> list[str]:
+    """Helm's statuses of the release, oldest first."""
+    entries = yaml.safe_load(kube.helm("history", release.name, "-n", ENV.namespace, "-o", "yaml").stdout)
+    return [entry["status"] for entry in entries]
+
+
+def settled(kube: Kube, replicas: int, what: str) -> dict[str, list[str]]:
+    """Wait for every model's HelmRelease Ready with ``replicas`` ready; return each one's Helm history."""
     wait_for(
         what,
-        lambda: release_state(kube) == (True, replicas, replicas),
+        lambda: all(release_state(kube, release) == (True, replicas, replicas) for release in RELEASES),
         timeout=240,
         detail=lambda: flux_status(kube),
     )
-    history = yaml.safe_load(kube.helm("history", RELEASE.name, "-n", ENV.namespace, "-o", "yaml").stdout)
-    return [entry["status"] for entry in history]
+    return {release.model: history(kube, release) for release in RELEASES}
+
+
+def every_model(statuses: list[str]) -> dict[str, list[str]]:
+    return {release.model: statuses for release in RELEASES}
+
+
+def reconciled(kube: Kube, release: environments.Release, commit: str) -> bool:
+    """The release's HelmRelease has acted on ``commit`` (dev's chart version carries the revision) and is Ready."""
+    hr = kube.json("get", "helmrelease", helm_release_name(release), "-n", "flux-system")
+    status = hr.get("status", {})
+    return commit[:12] in status.get("lastAttemptedRevision", "") and condition(hr, "Ready").get("status") == "True"
+
+
+def expected_version(kube: Kube, release: environments.Release) -> str:
+    """The model version the release's server is told to accept (its ConfigMap)."""
+    maps = kube.json("get", "configmap", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={release.name}")
+    return next(m["data"]["MODEL_SERVER_EXPECTED_VERSION"] for m in maps["items"] if "PORT" in m.get("data", {}))
 
 
 def test_a_commit_reaches_the_cluster_and_a_revert_rolls_it_back(kube: Kube, remote: Remote):
     started = time.monotonic()
-    assert settled(kube, 1, "the HelmRelease Ready with 1 ready replica") == ["deployed"]
+    assert settled(kube, 1, "every HelmRelease Ready with 1 ready replica") == every_model(["deployed"])
     installed_at = time.monotonic() - started
 
     commit = remote.commit_and_push(
         f"environments/{ENV.name}/values.yaml", "replicaCount: 1", "replicaCount: 2", "dev: two replicas"
     )
     reconcile_source(kube, commit)
-    assert settled(kube, 2, "Flux to upgrade the release to 2 replicas") == ["superseded", "deployed"]
+    assert settled(kube, 2, "Flux to upgrade every release to 2 replicas") == every_model(["superseded", "deployed"])
 
     reconcile_source(kube, remote.revert_and_push())
-    assert settled(kube, 1, "Flux to roll the release back to 1 replica") == ["superseded", "superseded", "deployed"]
+    assert settled(kube, 1, "Flux to roll every release back to 1 replica") == every_model(
+        ["superseded", "superseded", "deployed"]
+    )
     assert kube.events(ENV.namespace, "FailedCreate") == []
     print(
         f"\nflux: installed in {installed_at:.0f} s, commit + revert reconciled in "
         f"{time.monotonic() - started - installed_at:.0f} s",
         flush=True,
     )
+
+
+def test_a_commit_to_one_models_values_changes_only_that_model(kube: Kube, remote: Remote):
+    changed, other = RELEASES[-1], RELEASES[0]
+    settled(kube, 1, "every HelmRelease Ready with 1 ready replica")
+    version = expected_version(kube, changed)
+    template = {r.model: deployment(kube, r)["spec"]["template"] for r in RELEASES}
+    path = f"environments/{ENV.name}/{changed.model}.yaml"
+
+    def applied(commit: str, pinned: str) -> None:
+        """Flux has acted on ``commit`` for every model: ``changed`` pins ``pinned``, ``other`` never moved."""
+        reconcile_source(kube, commit)
+        wait_for(
+            f"every HelmRelease to reconcile {commit[:12]}",
+            lambda: all(reconciled(kube, r, commit) for r in RELEASES),
+            timeout=240,
+            detail=lambda: flux_status(kube),
+        )
+        assert expected_version(kube, changed) == pinned
+        assert expected_version(kube, other) == version
+        assert deployment(kube, other)["spec"]["template"] == template[other.model], (
+            f"a commit to {path} changed {other.model}'s pods"
+        )
+
+    applied(remote.commit_and_push(path, f'version: "{version}"', 'version: "e2e"', f"dev: {changed.model} e2e"), "e2e")
+    assert deployment(kube, changed)["spec"]["template"] != template[changed.model], "the commit rolled the model"
+    applied(remote.revert_and_push(), version)
+    assert deployment(kube, changed)["spec"]["template"] == template[changed.model], "the revert restored its pods"
