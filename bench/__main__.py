@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import IMAGE, ROOT, Sample, Server, free_port, run_wrk
+from bench.harness import EXPLAIN, IMAGE, ROOT, Sample, Server, free_port, run_wrk
 
 BENCH_VENV = ROOT / ".venv-bench"
 # kind -> (the name it is served under, how to train it with model_server.train)
@@ -35,6 +35,8 @@ SHAPES = {
     for protocol in ("v1", "v2")
     for rows in (1, 100)
 }
+# Ours only: one row's prediction with its explanation (contributions + baseline), to set against v2-1.
+SHAPES |= {f"{kind + '-' if kind != 'linear' else ''}explain-1": (kind, EXPLAIN, 1) for kind in MODELS}
 
 
 def _ours(name: str, args: argparse.Namespace, model: Model, scratch: Path, extra: dict[str, str]) -> Server:
@@ -52,6 +54,7 @@ def _ours(name: str, args: argparse.Namespace, model: Model, scratch: Path, extr
         },
         IMAGE,
         0,
+        protocols=("v1", "v2", EXPLAIN),
         model=model.name,
         kind=model.kind,
     )
@@ -74,6 +77,8 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
         # The same server without keep-alive: every request on a new connection, accepted by
         # whichever worker is free. Shows what keep-alive is worth (MODEL_SERVER_KEEPALIVE=0).
         "ours-no-keepalive": _ours("ours-no-keepalive", args, model, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
+        # Drift accounting off: what counting every row into the drift window costs.
+        "ours-no-drift": _ours("ours-no-drift", args, model, scratch, {"MODEL_SERVER_DRIFT_WINDOW": "0"}),
         "naive": Server(
             "naive",
             [python, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "sync", "bench.naive:app"],
@@ -172,6 +177,7 @@ def report(
                 f"{median_range([s.p99_ms for s in samples], '.2f')} | "
                 f"{sum(s.errors for s in samples)} | {median_range([s.cpu_us for s in samples], '.0f')} |"
             )
+    lines += costs(results)
     lines += [
         "",
         "| model | server | cold start s (start → first prediction) | RSS MiB per process | balance (worst run) |",
@@ -190,6 +196,32 @@ def report(
             f"| {kind} | {name} | {server.cold_start:.2f} | {rss} | least-busy process {least_busy:.0%} of CPU |"
         )
     return "\n".join(lines)
+
+
+def _cpu(results: dict[tuple[str, str], list[Sample]], shape: str, server: str) -> float | None:
+    samples = results.get((shape, server))
+    return statistics.median(s.cpu_us for s in samples) if samples else None
+
+
+def costs(results: dict[tuple[str, str], list[Sample]]) -> list[str]:
+    """What explanations and drift accounting cost in server CPU per request (medians)."""
+    lines = []
+    for kind in MODELS:
+        prefix = f"{kind}-" if kind != "linear" else ""
+        predict, explained = _cpu(results, f"{prefix}v2-1", "ours"), _cpu(results, f"{prefix}explain-1", "ours")
+        if predict and explained:
+            lines.append(
+                f"- {kind}: one row's prediction with contributions and baseline costs {explained:.0f} µs of server "
+                f"CPU against {predict:.0f} µs for the prediction alone: the explanation adds "
+                f"{(explained - predict) / predict:.2f}× the prediction's CPU"
+            )
+        shapes = [s for s, (k, protocol, _) in SHAPES.items() if k == kind and protocol != EXPLAIN]
+        pairs = [(_cpu(results, s, "ours"), _cpu(results, s, "ours-no-drift")) for s in shapes]
+        pairs = [(on, off) for on, off in pairs if on and off]
+        if pairs:
+            worst = max((on - off) / off for on, off in pairs)
+            lines.append(f"- {kind}: drift accounting adds at most {worst:+.1%} server CPU per request on its shapes")
+    return ["", *lines] if lines else []
 
 
 def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
@@ -212,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--servers",
-        default="ours,ours-no-keepalive,naive,kserve,mlserver",
+        default="ours,ours-no-drift,ours-no-keepalive,naive,kserve,mlserver",
         help="comma list (peers need --install-peers)",
     )
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "image"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+EXPLAIN = "v2-explain"  # the V2 route, asking for contributions and baseline beside predict
 ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
 
 
@@ -30,6 +31,10 @@ def body(protocol: str, rows: int, kind: str = "linear", columnar_v1: bool = Fal
     """The request every server is sent: ten numbers per row for the linear model; for the penguin
     models, real rows (strings, numbers, missing values) as pandas clients send them. KServe reads V1
     DataFrames only as column lists inside one instance (``columnar_v1``): the same values, its format."""
+    if protocol == EXPLAIN:  # a V2 request for the prediction and its explanation
+        request = json.loads(body("v2", rows, kind))
+        request["outputs"] = [{"name": name} for name in ("predict", "contributions", "baseline")]
+        return json.dumps(request).encode()
     if kind != "linear":
         return _penguin_body(protocol, rows, columnar_v1)
     matrix = [[v + i * 1e-4 for v in ROW] for i in range(rows)]
@@ -102,7 +107,7 @@ class Server:
         return (
             f"{self.base}/v1/models/{self.model}:predict"
             if protocol == "v1"
-            else f"{self.base}/v2/models/{self.model}/infer"
+            else f"{self.base}/v2/models/{self.model}/infer"  # v2 and v2-explain
         )
 
     def start(self, logs: Path, until: str = "prediction") -> None:
@@ -262,6 +267,8 @@ def run_wrk(
     )
     errors += sum(socket_error_count.values())
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    if "99" not in percentiles:
+        raise RuntimeError(f"wrk printed no latency distribution against {server.name}:\n{out}\n{wrk.stderr}")
     deltas = {pid: after[pid] - before.get(pid, 0) for pid in after}
     busy = sorted((d for d in deltas.values() if d > 0), reverse=True)
     cpu_seconds = sum(deltas.values()) / CLOCK_TICK
