@@ -156,8 +156,214 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
             "p99 ms": round(sample.p99_ms, 2),
             "capacity after req/s": round(after),
         },
-        "The server queues rather than sheds: each gevent worker takes up to MODEL_SERVER_WORKER_CONNECTIONS "
-        "connections, the kernel backlog holds the rest, latency grows and every answer is a 200.",
+        "3x is within what each worker's queue (MODEL_SERVER_MAX_QUEUE) absorbs: every answer is a 200. "
+        "Past it the server sheds (the 16x scenario).",
+    )
+
+
+def _timed_get(url: str) -> tuple[int | str, float]:
+    started = time.perf_counter()
+    try:
+        status: int | str = requests.get(url, timeout=5).status_code
+    except requests.RequestException as exc:
+        status = type(exc).__name__
+    return status, time.perf_counter() - started
+
+
+def _timed_predict(session: requests.Session, url: str) -> tuple[int | str, float]:
+    started = time.perf_counter()
+    try:
+        status: int | str = session.post(url, json={"instances": [[0.01] * 10]}, timeout=5).status_code
+    except requests.RequestException as exc:
+        status = type(exc).__name__
+    return status, time.perf_counter() - started
+
+
+def _metric(server: Server, name: str) -> float:
+    text = requests.get(f"{server.base}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
+
+
+def stuck_headers(lab: Lab, connections: int = 1000, hold: float = 60.0) -> Result:
+    """Slowloris: connections that send a request line and one header, then a header every few seconds.
+    Probes and predictions must answer within a second while they are open; the server must close them."""
+    server = lab.server()
+    before = rss_mib(worker_pids(server))
+    stuck = []
+    for _ in range(connections):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        sock.setblocking(False)
+        stuck.append(sock)
+    opened = time.monotonic()
+    closed_at: dict[int, float] = {}
+    checks: list[tuple[str, int | str, float]] = []
+    session = requests.Session()
+    next_trickle = next_check = time.monotonic()
+    while time.monotonic() - opened < hold and len(closed_at) < connections:
+        now = time.monotonic()
+        for index, sock in enumerate(stuck):
+            if index in closed_at:
+                continue
+            try:
+                if now >= next_trickle:
+                    sock.sendall(b"X-Trickle: 1\r\n")
+                if sock.recv(4096) == b"":
+                    closed_at[index] = now - opened
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_at[index] = now - opened  # reset or broken pipe: the server closed it
+        if now >= next_trickle:
+            next_trickle = now + 3
+        if now >= next_check and len(closed_at) < connections // 2:  # while most are still open
+            for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
+                checks.append((path, *_timed_get(f"{server.base}{path}")))
+            checks.append(("prediction", *_timed_predict(session, f"{server.base}/predict")))
+            next_check = now + 1
+        time.sleep(0.05)
+    after = rss_mib(worker_pids(server))
+    for sock in stuck:
+        sock.close()
+    growth = max((a - b) / b for a, b in zip(after, before, strict=True))
+    slowest = max((seconds for _, _, seconds in checks), default=float("nan"))
+    failed_checks = [(what, status) for what, status, seconds in checks if status != 200 or seconds >= 1]
+    closed_in_time = sum(1 for t in closed_at.values() if t <= 60) / connections
+    return Result(
+        f"{connections} connections stuck sending headers",
+        bool(checks) and not failed_checks and closed_in_time >= 0.95 and growth <= 0.5,
+        {
+            "probes and predictions while they were open": len(checks),
+            "slowest of them s": round(slowest, 3),
+            "failed or >= 1 s": failed_checks[:5] or 0,
+            "closed by the server within 60 s": f"{closed_in_time:.0%}",
+            "median close after s": round(statistics.median(closed_at.values()), 1) if closed_at else "none",
+            "RSS per worker before / during MiB": f"{[round(x) for x in before]} / {[round(x) for x in after]}",
+        },
+        "Each connection has MODEL_SERVER_HEADER_TIMEOUT (10 s) to send its headers, then gets 408 and is "
+        "closed; connections never wait for a free slot, and past MODEL_SERVER_WORKER_CONNECTIONS only "
+        "probes and /metrics are answered.",
+    )
+
+
+def _status_script(scratch: Path) -> Path:
+    """wrk's own body script plus per-status counts, printed at the end."""
+    from bench.harness import wrk_script
+
+    script = scratch / "statuses.lua"
+    script.write_text(
+        wrk_script(scratch, "v1", 1).read_text() + "local threads = {}\n"
+        "function setup(thread) table.insert(threads, thread) end\n"
+        "function init(args) statuses = {} end\n"
+        "function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end\n"
+        "function done(summary, latency, requests)\n"
+        "  local total = {}\n"
+        "  for _, t in ipairs(threads) do\n"
+        "    for k, v in pairs(t:get('statuses')) do total[k] = (total[k] or 0) + v end\n"
+        "  end\n"
+        "  for k, v in pairs(total) do io.write(string.format('status %d %d\\n', k, v)) end\n"
+        "end\n"
+    )
+    return script
+
+
+def overload_16x(lab: Lab, seconds: int = 15) -> Result:
+    """16 times the benchmark's concurrency: only 200s and fast 503s, probes prompt, admitted p99 bounded."""
+    import subprocess
+
+    server = lab.server()
+    before = rss_mib(worker_pids(server))
+    connections = 16 * 16
+    wrk = subprocess.Popen(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(_status_script(lab.scratch)),
+         server.url("v1")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1)
+    probes: list[tuple[int | str, float]] = []
+    admitted: list[float] = []
+    statuses: dict[int | str, int] = {}
+    deadline = time.monotonic() + seconds - 2
+
+    def sample_predictions() -> None:
+        # One more client beside wrk's, one request at a time: the latency an admitted request sees.
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            status, elapsed = _timed_predict(session, f"{server.base}/predict")
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                admitted.append(elapsed * 1000)
+
+    sampler = threading.Thread(target=sample_predictions)
+    sampler.start()
+    while time.monotonic() < deadline:
+        probes.append(_timed_get(f"{server.base}/v2/health/live"))
+        time.sleep(0.2)
+    sampler.join(30)
+    out, _ = wrk.communicate(timeout=seconds + 60)
+    after = rss_mib(worker_pids(server))
+    counts = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", out, re.MULTILINE)}
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    shed = _metric(server, "model_server_shed_requests_total")
+    slowest_probe = max(seconds for _, seconds in probes)
+    growth = max((a - b) / b for a, b in zip(after, before, strict=True))
+    p99_admitted = statistics.quantiles(admitted, n=100)[98] if len(admitted) >= 20 else float("nan")
+    only_200_503 = set(counts) <= {200, 503} and set(statuses) <= {200, 503}
+    return Result(
+        "overload, 16x the benchmark's concurrency",
+        only_200_503
+        and socket_errors is None
+        and all(status == 200 for status, _ in probes)
+        and slowest_probe < 1
+        and growth <= 0.5,
+        {
+            "connections": connections,
+            "answers by status": dict(sorted(counts.items())),
+            "socket errors": socket_errors.group(1) if socket_errors else 0,
+            "p50 / p99 of all answers ms": f"{percentiles.get('50')} / {percentiles.get('99')}",
+            "p99 of admitted (200) predictions, sampled ms": f"{p99_admitted:.2f} (of {len(admitted)})",
+            "shed (503 + Retry-After), from /metrics": round(shed),
+            "liveness probes": len(probes),
+            "slowest probe s": round(slowest_probe, 3),
+            "RSS per worker before / after MiB": f"{[round(x) for x in before]} / {[round(x) for x in after]}",
+        },
+        "Each worker queues at most MODEL_SERVER_MAX_QUEUE predictions; past that a request gets 503 with "
+        "Retry-After: 1 as soon as its turn comes, instead of adding to everyone's wait. Probes never queue. "
+        "The admitted p99 is from a client sending one request at a time beside wrk's load.",
+    )
+
+
+def sigterm_keepalive_trials(lab: Lab, trials: int = 20) -> Result:
+    """SIGTERM while 8 keep-alive clients stream requests, repeated: no request may fail or be reset."""
+    totals: dict[str, int] = {}
+    exits: list[float] = []
+    for _ in range(trials):
+        server = lab.server(MODEL_SERVER_GRACEFUL_TIMEOUT="10")
+
+        def terminate(server: Server = server) -> float:
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            server.process.wait(30)
+            return time.monotonic() - started
+
+        outcomes, elapsed = _under_stream(server.base, 3, terminate)
+        exits.append(elapsed)
+        for kind, _ in outcomes:
+            totals[kind] = totals.get(kind, 0) + 1
+    failures = {kind: n for kind, n in totals.items() if kind not in ("ok", "refused")}
+    return Result(
+        f"SIGTERM under keep-alive load, {trials} times",
+        not failures,
+        {
+            "answered 200": totals.get("ok", 0),
+            "refused after the listener stopped": totals.get("refused", 0),
+            "failed or reset": failures or 0,
+            "slowest exit after SIGTERM s": round(max(exits), 2),
+        },
+        "On SIGTERM each worker accepts what is already waiting, takes the socket out of listening (new "
+        "connections are refused, not reset) and answers the next request on every open connection with "
+        "Connection: close.",
     )
 
 
@@ -366,7 +572,7 @@ def slow_clients(lab: Lab, slow: int = 40, seconds: float = 6) -> Result:
             "10 kB header": big_header,
             "5 MiB body": big_body,
         },
-        f"Up to MODEL_SERVER_WORKER_CONNECTIONS ({100}) connections per worker can be slow at once.",
+        "Slow connections wait in greenlets, each bounded by the header deadline; none holds a worker.",
     )
 
 
@@ -376,6 +582,9 @@ SCENARIOS = {
     "sigterm": sigterm_under_load,
     "sigkill": sigkill_worker_under_load,
     "slow-clients": slow_clients,
+    "stuck-headers": stuck_headers,
+    "overload-16x": overload_16x,
+    "sigterm-keepalive": sigterm_keepalive_trials,
     **{
         f"artifact-{fault.replace(' ', '-')}": (lambda lab, fault=fault: artifact_fault(lab, fault)) for fault in FAULTS
     },
@@ -466,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         scenarios["sustained"] = lambda lab: sustained(lab, seconds=15)
         scenarios["overload"] = lambda lab: overload(lab, seconds=8)
+        scenarios["stuck-headers"] = lambda lab: stuck_headers(lab, connections=300, hold=20)
+        scenarios["overload-16x"] = lambda lab: overload_16x(lab, seconds=8)
+        scenarios["sigterm-keepalive"] = lambda lab: sigterm_keepalive_trials(lab, trials=3)
     names = args.only or list(scenarios)
     unknown = [n for n in names if n not in scenarios]
     if unknown:

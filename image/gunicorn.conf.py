@@ -25,8 +25,10 @@ wsgi_app = "model_server.wsgi:app"
 bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
 workers = settings.workers
 # gevent by default: keep-alive connections skip a TCP handshake per request, and a slow client
-# waits in a greenlet instead of holding a whole worker (the sync worker's weakness).
-worker_class = settings.worker_class
+# waits in a greenlet instead of holding a whole worker (the sync worker's weakness). Our subclass of
+# gunicorn's gevent worker adds header/body deadlines, a connection cap that probes get past, and a
+# drain that refuses new connections instead of resetting them (model_server/worker.py).
+worker_class = "model_server.worker.ModelServerWorker" if settings.worker_class == "gevent" else settings.worker_class
 worker_connections = settings.worker_connections
 threads = settings.threads
 timeout = settings.timeout

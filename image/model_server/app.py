@@ -40,8 +40,10 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             current.environ[ROUTE_ENVIRON_KEY] = current.url_rule.rule
 
     def error_response(exc: Exception) -> Response:
-        status, message = status_and_message(exc)
-        return json_response({"error": message}, status)
+        status, message, headers = status_and_message(exc)
+        response = json_response({"error": message}, status)
+        response.headers.extend(headers)
+        return response
 
     app.register_error_handler(ClientError, error_response)
 
@@ -58,6 +60,12 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         return error_response(exc)
 
     handlers = routes.register(app, holder, settings)
-    fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes)
+
+    def admit() -> None:
+        served = holder.served
+        if served is not None and served.scheduler is not None:
+            served.scheduler.admit()
+
+    fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes, admit)
     app.wsgi_app = Observability(fast)  # type: ignore[method-assign]
     return app

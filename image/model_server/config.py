@@ -126,8 +126,9 @@ FIELDS: dict[str, Setting] = {
     ),
     "worker_connections": Setting(
         "MODEL_SERVER_WORKER_CONNECTIONS",
-        "100",
-        "Most simultaneous connections per gevent worker.",
+        "1000",
+        "Most open connections per gevent worker; past it a new connection gets 503 at once (probes and "
+        "/metrics are still answered).",
         Integer(1, 100_000),
     ),
     "threads": Setting(
@@ -144,6 +145,20 @@ FIELDS: dict[str, Setting] = {
         "20",
         "Seconds in-flight requests get to finish after SIGTERM.",
         Integer(1, 3600),
+    ),
+    "header_timeout": Setting(
+        "MODEL_SERVER_HEADER_TIMEOUT",
+        "10",
+        "Seconds a new connection has to send its request's headers (408, then closed); the body then has "
+        "this plus one second per 64 KiB of MODEL_SERVER_MAX_BODY_BYTES (gevent workers).",
+        Integer(1, 600),
+    ),
+    "max_queue": Setting(
+        "MODEL_SERVER_MAX_QUEUE",
+        "32",
+        "Most predictions waiting in one worker's queue; past it a request gets 503 with Retry-After at once "
+        "(gevent workers).",
+        Integer(1, 100_000),
     ),
     "keepalive": Setting(
         "MODEL_SERVER_KEEPALIVE",
@@ -227,6 +242,8 @@ class Settings:
     threads: int
     timeout: int
     graceful_timeout: int
+    header_timeout: int
+    max_queue: int
     keepalive: int
     max_body_bytes: int
     max_rows: int

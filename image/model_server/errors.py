@@ -10,6 +10,7 @@ class ClientError(Exception):
     """A request the server refuses. The message is safe to show the client and names what is wrong."""
 
     status = 400
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (Retry-After, Connection)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -26,6 +27,13 @@ class NotFound(ClientError):
     """No such model or version is served here."""
 
     status = 404
+
+
+class RequestTimeout(ClientError):
+    """The client did not send its request (headers, body) within the deadline; the connection closes."""
+
+    status = 408
+    headers = (("Connection", "close"),)
 
 
 class PayloadTooLarge(ClientError):
@@ -51,6 +59,13 @@ class NotReady(ClientError):
     """The model is not loaded (yet): the server is live but cannot predict."""
 
     status = 503
+
+
+class Overloaded(ClientError):
+    """More prediction work is waiting in this worker than it may queue: retry shortly, or elsewhere."""
+
+    status = 503
+    headers = (("Retry-After", "1"),)
 
 
 class ArtifactError(Exception):

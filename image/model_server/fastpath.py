@@ -32,9 +32,9 @@ def _status_line(code: int) -> str:
     return f"{code} {HTTP_STATUS_CODES.get(code, 'UNKNOWN').upper()}"
 
 
-def _error(status: int, message: str) -> tuple[str, list[tuple[str, str]], bytes]:
+def _error(status: int, message: str, extra: tuple[tuple[str, str], ...]) -> tuple[str, list[tuple[str, str]], bytes]:
     body = orjson.dumps({"error": message})
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra]
     return _status_line(status), headers, body
 
 
@@ -47,11 +47,21 @@ _MATCH_CACHE_SIZE = 256
 class PredictionFastPath:
     """WSGI middleware: POSTs matching ``handlers``' endpoints in ``url_map`` never reach Flask."""
 
-    def __init__(self, app: Any, url_map: Map, handlers: dict[str, Handler], max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        url_map: Map,
+        handlers: dict[str, Handler],
+        max_body_bytes: int,
+        admit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.app = app
         self.url_map = url_map
         self.handlers = handlers
         self.max_body_bytes = max_body_bytes
+        # Raises Overloaded when this worker's queue is full: checked before the body is read or
+        # parsed, so a request that will be shed costs as little as possible.
+        self.admit = admit
         # PATH_INFO -> (handler, rule, URL args) of prediction routes already matched: matching
         # costs ~20 us, a dict lookup well under one. Only the method (POST) and the path decide a
         # match here (the map has no host or subdomain rules), so the path alone is the key.
@@ -75,6 +85,7 @@ class PredictionFastPath:
         handler, route, args = matched
         environ[ROUTE_ENVIRON_KEY] = route
         try:
+            self.admit()
             raw = self._read_body(environ)
             content_type = environ.get("CONTENT_TYPE", "")
             mimetype = content_type.split(";", 1)[0].strip().lower()

@@ -54,6 +54,17 @@ DRIFT_WINDOW_ROWS = Gauge(
     ["column", "bin"],
     multiprocess_mode="livesum",
 )
+SHED_REQUESTS = Counter(
+    "model_server_shed_requests_total",
+    "Requests refused with 503 and Retry-After to keep latency bounded: the worker's prediction queue was "
+    "full (reason=queue) or it held its most connections (reason=connections).",
+    ["reason"],
+)
+QUEUE_WAIT = Histogram(
+    "model_server_queue_wait_seconds",
+    "Time a prediction waited in its worker's queue before the model ran it.",
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 FEATURE_DRIFT = "model_server_feature_drift"
 FEATURE_DRIFT_HELP = (
     "Population stability index (PSI) of each input column: its distribution over the recent window "
@@ -65,6 +76,12 @@ FEATURE_DRIFT_HELP = (
 def drift_bin(column: str, label: str) -> Gauge:
     """The window-rows gauge of one column's bin (columns and bins come from the artifact: bounded)."""
     return DRIFT_WINDOW_ROWS.labels(column=column, bin=label)
+
+
+@functools.cache
+def shed(reason: str) -> Counter:
+    """The shed-requests counter for one reason (queue or connections)."""
+    return SHED_REQUESTS.labels(reason=reason)
 
 
 @functools.cache

@@ -8,12 +8,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import artifact, drift, metrics
 from .artifact import Artifact, Expectations
 from .columns import Batch
 from .config import Settings
 from .errors import ArtifactError, NotFound, NotReady
 from .runner import ModelRunner
+from .scheduler import Scheduler
 
 log = logging.getLogger("model_server.model")
 
@@ -26,15 +29,21 @@ class Served:
     runner: ModelRunner
     default_outputs: tuple[str, ...]
     window: drift.Window | None = None  # this worker's recent rows, for the drift scores
+    scheduler: Scheduler | None = None  # this worker's prediction queue
 
     @property
     def version(self) -> str:
         return self.artifact.version
 
-    def observe(self, batch: Batch) -> None:
-        """Count a predicted batch into the drift window."""
+    def predict(self, batch: Batch, outputs: tuple[str, ...], protocol: str) -> dict[str, np.ndarray]:
+        """The outputs for ``batch``, computed in this worker's turn (scheduler.py); counted for drift."""
+        if self.scheduler is not None:
+            results = self.scheduler.run(self.runner, batch, outputs, protocol)
+        else:
+            results = self.runner.run(batch, outputs, protocol)
         if self.window is not None:
             self.window.observe(batch)
+        return results
 
 
 def configure_scikit_learn() -> None:
@@ -90,7 +99,7 @@ class ModelHolder:
             return False
         self.name = settings.model_name or loaded.name
         window = drift.Window(loaded.signature, settings.drift_window) if settings.drift_window else None
-        self.served = Served(loaded, runner, settings.default_outputs, window)
+        self.served = Served(loaded, runner, settings.default_outputs, window, Scheduler(settings.max_queue))
         self.error = ""
         metrics.MODEL_INFO.labels(name=self.name, version=loaded.version).set(1)
         metrics.MODEL_READY.set(1)

@@ -42,13 +42,14 @@ def decode_body(raw: bytes, mimetype: str, binary_header: str | None) -> tuple[o
     return jsonbody.loads(raw), binary
 
 
-def status_and_message(exc: BaseException) -> tuple[int, str]:
-    """The status and ``{"error": ...}`` message for ``exc``, the same from Flask and from the fast path."""
+def status_and_message(exc: BaseException) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    """The status, ``{"error": ...}`` message and extra headers for ``exc``: the same from Flask and from
+    the fast path."""
     if isinstance(exc, ClientError):
-        return exc.status, exc.message
+        return exc.status, exc.message, exc.headers
     if isinstance(exc, HTTPException):
-        return exc.code or 500, f"{exc.name}: {exc.description}"
-    return 500, "internal server error"  # details go to the log, never to the client
+        return exc.code or 500, f"{exc.name}: {exc.description}", ()
+    return 500, "internal server error", ()  # details go to the log, never to the client
 
 
 def dumps(payload: object) -> bytes:
@@ -116,8 +117,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
             settings.max_rows,
             runner.unavailable(),
         )
-        results = runner.run(parsed.batch, parsed.outputs, "v2")
-        served.observe(parsed.batch)
+        results = served.predict(parsed.batch, parsed.outputs, "v2")
         payload, binary_out = v2.encode_response(results, runner.outputs, parsed, holder.name, served.version)
         encoded = dumps(payload)
         if not binary_out and not parsed.binary_outputs:
@@ -149,8 +149,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         body, _ = decode_body(raw, mimetype, None)
         batch = v1.parse_request(body, runner.signature, settings.max_rows)
         output = served.default_outputs[0]
-        values = runner.run(batch, (output,), "v1")[output]
-        served.observe(batch)
+        values = served.predict(batch, (output,), "v1")[output]
         payload = v1.encode_response(values, runner.outputs[output].datatype)
         return dumps(payload), [("Content-Type", "application/json")]
 
@@ -163,8 +162,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         runner = served.runner
         body, _ = decode_body(raw, mimetype, None)
         batch = v1.parse_request(body, runner.signature, settings.max_rows)
-        results = runner.run(batch, explain.OUTPUTS, "v1")
-        served.observe(batch)
+        results = served.predict(batch, explain.OUTPUTS, "v1")
         explains = runner.outputs[explain.BASELINE].parameters["explains"]
         payload = v1.encode_explanations(
             results[explain.CONTRIBUTIONS], results[explain.BASELINE], runner.signature, explains

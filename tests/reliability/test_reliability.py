@@ -50,6 +50,18 @@ def test_slow_clients_do_not_block_fast_ones(lab):
     check(reliability.slow_clients(lab))
 
 
+def test_stuck_header_connections_never_block_probes_and_are_closed(lab):
+    check(reliability.stuck_headers(lab, connections=300, hold=20))
+
+
+def test_sixteen_times_overload_sheds_with_503_and_probes_stay_prompt(lab):
+    check(reliability.overload_16x(lab, seconds=8))
+
+
+def test_sigterm_under_keepalive_load_fails_nothing_three_times(lab):
+    check(reliability.sigterm_keepalive_trials(lab, trials=3))
+
+
 def test_hostile_bodies_all_get_4xx(lab):
     check(reliability.hostile_corpus(lab))
 
