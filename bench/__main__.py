@@ -241,6 +241,11 @@ def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--batching"]:
+        from bench import batching
+
+        return batching.main(argv[1:])
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--servers",

@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="folder for the settings (default: a new temp dir)")
     parser.add_argument("--model-file", type=Path, required=True)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--max-batch-size", type=int, default=0, help="MLServer's adaptive batching: most requests")
+    parser.add_argument("--max-batch-time", type=float, default=0.0, help="...and how long to wait for them, s")
     args, _ = parser.parse_known_args()
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="mlserver-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,11 @@ def main() -> None:
         "name": args.name,
         "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": str(args.model_file)},
+        **(
+            {"max_batch_size": args.max_batch_size, "max_batch_time": args.max_batch_time}
+            if args.max_batch_size > 1
+            else {}
+        ),
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model_settings))

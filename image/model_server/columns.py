@@ -42,6 +42,19 @@ class Batch:
         return self.matrix[:, signature.names.index(name)]
 
 
+def concat(batches: list[Batch], signature: Signature) -> Batch:
+    """Several requests' batches as one, rows in order: one float matrix when all are matrices, else
+    one array per column (numpy promotes as the values need: int and float to float, bool and object
+    with NaN to object)."""
+    if len(batches) == 1:
+        return batches[0]
+    rows = sum(b.rows for b in batches)
+    if all(b.matrix is not None for b in batches):
+        return Batch(rows=rows, matrix=np.vstack([b.matrix for b in batches]))
+    columns = {name: np.concatenate([b.column(signature, name) for b in batches]) for name in signature.names}
+    return Batch(rows=rows, columns=columns)
+
+
 def check_row_count(count: int, max_rows: int, where: str) -> None:
     """Refuse an oversized batch before any conversion work is spent on it."""
     if count > max_rows:

@@ -67,6 +67,20 @@ class Integer:
 
 
 @dataclass(frozen=True)
+class AutoOrInteger:
+    """``auto`` (None: decided when the model loads) or a whole number in range."""
+
+    minimum: int
+    maximum: int
+
+    def __call__(self, env: str, raw: str) -> int | None:
+        return None if raw.lower() == "auto" else Integer(self.minimum, self.maximum)(env, raw)
+
+    def describe(self) -> str:
+        return f" `auto` or {self.minimum}..{self.maximum}."
+
+
+@dataclass(frozen=True)
 class Choice:
     options: tuple[str, ...]
 
@@ -160,6 +174,19 @@ FIELDS: dict[str, Setting] = {
         "(gevent workers).",
         Integer(1, 100_000),
     ),
+    "max_batch_size": Setting(
+        "MODEL_SERVER_MAX_BATCH_SIZE",
+        "auto",
+        "Most rows one model call may merge from concurrent requests; 1 turns batching off; auto: 64 where "
+        "a load-time measurement shows the model's per-call cost is worth merging for, else 1 (gevent workers).",
+        AutoOrInteger(1, 100_000),
+    ),
+    "max_batch_delay_ms": Setting(
+        "MODEL_SERVER_MAX_BATCH_DELAY_MS",
+        "0",
+        "Milliseconds a request may wait for company before its batch runs; 0 merges only what is already waiting.",
+        Integer(0, 1000),
+    ),
     "keepalive": Setting(
         "MODEL_SERVER_KEEPALIVE",
         "5",
@@ -244,6 +271,8 @@ class Settings:
     graceful_timeout: int
     header_timeout: int
     max_queue: int
+    max_batch_size: int | None
+    max_batch_delay_ms: int
     keepalive: int
     max_body_bytes: int
     max_rows: int

@@ -1,13 +1,16 @@
 """Strict JSON request bodies: orjson's speed, plus refusing duplicated object keys.
 
 orjson already refuses invalid UTF-8, NaN/Infinity literals and nesting past 1024 levels, but it
-lets a duplicated key silently win. A body whose meaning depends on which duplicate counts is
+lets a duplicated key silently win. ``NaN`` alone is let through (as a missing value) because stock
+clients write it for a missing number: Python's json module, and tritonclient's JSON tensors. A body whose meaning depends on which duplicate counts is
 refused instead: the raw text's object members are counted with a tokenizer that steps over
 whole strings (exact on the valid JSON orjson accepted) and compared with the parsed members.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Any
 
@@ -24,7 +27,7 @@ def loads(raw: bytes) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        value = _with_nan(raw, exc)
     if b":" in raw:
         members = _raw_members(raw)
         # The quick count skips rows of scalars; only a body it does not add up for is walked in full,
@@ -32,6 +35,23 @@ def loads(raw: bytes) -> Any:
         if members != _parsed_members(value, quick=True) and members != _parsed_members(value, quick=False):
             raise BadRequest("malformed JSON: an object repeats a key")
     return value
+
+
+def _with_nan(raw: bytes, error: orjson.JSONDecodeError) -> Any:
+    """A body that is JSON but for ``NaN`` literals, as Python's json and tritonclient write a missing
+    number: NaN is read as the missing value it means (checked per column later); Infinity stays refused."""
+    if b"NaN" not in raw:
+        raise BadRequest(f"malformed JSON: {error}") from None
+
+    def constant(name: str) -> float:
+        if name != "NaN":
+            raise ValueError(name)
+        return math.nan
+
+    try:
+        return json.loads(raw, parse_constant=constant)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"malformed JSON: {error}") from None
 
 
 def _raw_members(raw: bytes) -> int:

@@ -65,6 +65,16 @@ QUEUE_WAIT = Histogram(
     "Time a prediction waited in its worker's queue before the model ran it.",
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+BATCH_ROWS = Histogram(
+    "model_server_batch_rows",
+    "Rows per model call: several requests' rows when adaptive batching merged them.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10000),
+)
+BATCH_REQUESTS = Histogram(
+    "model_server_batch_requests",
+    "Requests answered by one model call (1: not merged).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 FEATURE_DRIFT = "model_server_feature_drift"
 FEATURE_DRIFT_HELP = (
     "Population stability index (PSI) of each input column: its distribution over the recent window "

@@ -16,7 +16,7 @@ from .columns import Batch
 from .config import Settings
 from .errors import ArtifactError, NotFound, NotReady
 from .runner import ModelRunner
-from .scheduler import Scheduler
+from .scheduler import DEFAULT_BATCH_ROWS, Scheduler, batching_pays
 
 log = logging.getLogger("model_server.model")
 
@@ -38,9 +38,10 @@ class Served:
     def predict(self, batch: Batch, outputs: tuple[str, ...], protocol: str) -> dict[str, np.ndarray]:
         """The outputs for ``batch``, computed in this worker's turn (scheduler.py); counted for drift."""
         if self.scheduler is not None:
-            results = self.scheduler.run(self.runner, batch, outputs, protocol)
+            results = self.scheduler.run(self.runner, batch, outputs)
         else:
-            results = self.runner.run(batch, outputs, protocol)
+            results = self.runner.run(batch, outputs)
+        metrics.rows_predicted(protocol).inc(batch.rows)
         if self.window is not None:
             self.window.observe(batch)
         return results
@@ -99,7 +100,9 @@ class ModelHolder:
             return False
         self.name = settings.model_name or loaded.name
         window = drift.Window(loaded.signature, settings.drift_window) if settings.drift_window else None
-        self.served = Served(loaded, runner, settings.default_outputs, window, Scheduler(settings.max_queue))
+        batch_rows, batching = self._batch_rows(runner)
+        scheduler = Scheduler(settings.max_queue, batch_rows, settings.max_batch_delay_ms / 1000)
+        self.served = Served(loaded, runner, settings.default_outputs, window, scheduler)
         self.error = ""
         metrics.MODEL_INFO.labels(name=self.name, version=loaded.version).set(1)
         metrics.MODEL_READY.set(1)
@@ -113,9 +116,20 @@ class ModelHolder:
                 "task": runner.description.task,
                 "outputs": list(runner.outputs),
                 "predict_path": runner.description.path,
+                "batching": batching,
             },
         )
         return True
+
+    def _batch_rows(self, runner: ModelRunner) -> tuple[int, str]:
+        """The most rows one model call may merge, and why (MODEL_SERVER_MAX_BATCH_SIZE, or measured)."""
+        configured = self._settings.max_batch_size
+        if configured is not None:
+            return configured, f"{configured} rows (MODEL_SERVER_MAX_BATCH_SIZE)"
+        pays, fixed = batching_pays(runner, self._settings.default_outputs)
+        if pays:
+            return DEFAULT_BATCH_ROWS, f"up to {DEFAULT_BATCH_ROWS} rows (a call's fixed cost is {fixed * 1e6:.0f} us)"
+        return 1, f"off (a call's fixed cost is {fixed * 1e6:.0f} us, less than merging costs)"
 
     def ready(self) -> bool:
         if self.served is not None:

@@ -147,7 +147,7 @@ def describe(
     signature, sample = signature_of(model, sample)
     try:
         runner = ModelRunner(model, signature)
-        answers = runner.run(batch_of(sample, signature), tuple(runner.outputs), "package")
+        answers = runner.run(batch_of(sample, signature), tuple(runner.outputs))
     except (ArtifactError, ClientError) as exc:
         message = exc.message if isinstance(exc, ClientError) else str(exc)
         raise PackageError(f"the model cannot be served on this sample: {message}") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import codecs, compiled, explain, metrics
+from . import codecs, compiled, explain
 from .columns import Batch
 from .config import MODEL_METHODS
 from .errors import ArtifactError, Unprocessable
@@ -207,7 +207,7 @@ class ModelRunner:
             raise ArtifactError(f"{type(self.model).__name__} answers none of {', '.join(MODEL_METHODS)}")
         return outputs
 
-    def run(self, batch: Batch, names: tuple[str, ...], protocol: str) -> dict[str, np.ndarray]:
+    def run(self, batch: Batch, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Each requested output for ``batch``, typed as its Output says."""
         unavailable = self.unavailable()
         for name in names:
@@ -240,7 +240,6 @@ class ModelRunner:
                 rows = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
                 raise Unprocessable(f"row(s) {rows} give a non-finite {name}: input values too large for this model")
             results[name] = values
-        metrics.rows_predicted(protocol).inc(batch.rows)
         return results
 
     def _refusal(self, name: str, batch: Batch, exc: Exception) -> str:

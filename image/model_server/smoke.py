@@ -67,7 +67,7 @@ def expected_from(directory: Path, rows: list[list[Any]], output: str) -> list[A
     loaded = artifact.load(directory, trust_pickle=settings.trust_pickle, trusted_types=settings.trusted_types)
     runner = ModelRunner(loaded.model, loaded.signature)
     batch = columns.Batch(rows=len(rows), columns=columns.columns_from_rows(rows, loaded.signature, "rows"))
-    return runner.run(batch, (output,), "smoke")[output].tolist()
+    return runner.run(batch, (output,))[output].tolist()
 
 
 def run(base: str, expect_from: Path | None) -> str:

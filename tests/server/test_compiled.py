@@ -175,9 +175,9 @@ def test_compiled_pipelines_are_used_and_answer_as_scikit_learn(name):
             expected = {output: getattr(model, output)(rows) for output in methods_of(runner)}
         except ValueError:  # an encoder with handle_unknown="error": ours refuses the same rows, naming the column
             with pytest.raises(Unprocessable, match="column 'shape' has value"):
-                runner.run(batch_from(rows, signature), methods_of(runner), "test")
+                runner.run(batch_from(rows, signature), methods_of(runner))
             continue
-        answers = runner.run(batch_from(rows, signature), methods_of(runner), "test")
+        answers = runner.run(batch_from(rows, signature), methods_of(runner))
         for output, values in answers.items():
             assert_equal(values, expected[output])
 
@@ -193,7 +193,7 @@ def test_compiled_forests_sum_trees_bit_for_bit():
         assert runner.description.path == f"compiled {type(model).__name__}"
         rows = np.random.default_rng(2).normal([50, 15], [20, 10], size=(64, 2))
         batch = Batch(rows=64, matrix=rows)
-        for output, values in runner.run(batch, methods_of(runner), "test").items():
+        for output, values in runner.run(batch, methods_of(runner)).items():
             assert np.array_equal(values, getattr(model, output)(rows)), output
 
 
@@ -204,7 +204,7 @@ def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled
     rows = X.head(2).copy()
     rows.loc[1, "shape"] = "triangle"
     with pytest.raises(Unprocessable, match=r"column 'shape' has value\(s\) 'triangle' the model was not trained on"):
-        runner.run(batch_from(rows, signature), ("predict",), "test")
+        runner.run(batch_from(rows, signature), ("predict",))
 
 
 @pytest.mark.parametrize(
@@ -222,7 +222,7 @@ def test_options_not_rebuilt_keep_scikit_learns_path(encoder):
     model = Pipeline([("p", ct(encoder)), ("m", LogisticRegression())]).fit(x, Y_CLASS)
     runner, signature = runner_for(model, x)
     assert runner.description.path == "model methods on a DataFrame"
-    answers = runner.run(batch_from(x.head(5), signature), ("predict_proba",), "test")
+    answers = runner.run(batch_from(x.head(5), signature), ("predict_proba",))
     assert_equal(answers["predict_proba"], model.predict_proba(x.head(5)))
 
 

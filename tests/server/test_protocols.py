@@ -244,7 +244,8 @@ class TestStrictJson:
         ("raw", "fragment"),
         [
             (b"{nope", "malformed JSON"),
-            (b'{"a": NaN}', "malformed JSON"),
+            (b'{"a": NaN, "b": [}', "malformed JSON"),
+            (b'{"a": -Infinity}', "malformed JSON"),
             (b'{"a": Infinity}', "malformed JSON"),
             (b'{"a": "\\xff"}'.replace(b"\\xff", b"\xff"), "malformed JSON"),
             (b"[" * 2000 + b"]" * 2000, "malformed JSON"),
@@ -484,6 +485,15 @@ class TestOutputs:
 
     def test_v1_labels_are_json_strings(self):
         assert v1.encode_response(np.array(["a", "b"], dtype=object), "BYTES") == {"predictions": ["a", "b"]}
+
+
+def test_a_nan_literal_is_read_as_a_missing_value():
+    # Python's json module and tritonclient's JSON tensors write NaN for a missing number.
+    body = jsonbody.loads(b'{"instances": [["Biscoe", NaN, 2007, true, NaN]]}')
+    batch = parse_v1(body, MIXED)
+    assert np.isnan(batch.columns["mass"][0])
+    assert np.isnan(batch.columns["sex"][0])
+    refused(lambda: parse_v1(jsonbody.loads(b'{"instances": [[1, NaN, 3]]}')), 422, "column 'b' row 0 is null")
 
 
 def test_a_list_mixing_rows_and_objects_is_not_called_a_repeated_key():

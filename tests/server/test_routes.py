@@ -119,7 +119,8 @@ def test_request_id_is_echoed_or_generated(client):
     ("method", "url", "body", "headers", "status", "fragment"),
     [
         ("post", "/predict", b"{not json", JSON, 400, "malformed JSON"),
-        ("post", "/predict", b'{"instances": [[NaN]]}', JSON, 400, "malformed JSON"),
+        ("post", "/predict", b'{"instances": [[NaN]]}', JSON, 422, "the model expects 10"),
+        ("post", "/predict", b'{"instances": [[Infinity]]}', JSON, 400, "malformed JSON"),
         ("post", "/predict", b"\xff\xfe{}", JSON, 400, "malformed JSON"),
         ("post", "/predict", b'{"instances": [[1]]}', {"Content-Type": "text/plain"}, 415, "text/plain"),
         ("post", "/predict", {"instances": [[1, 2]]}, JSON, 422, "expects 10"),

@@ -1,0 +1,204 @@
+"""Adaptive batching, measured: a 200-tree random forest behind its preprocessing, 1-row V2 requests.
+
+    scripts/bench --batching [--concurrency 1,2,4,8,16,32,64] [--rounds 3] [--duration 10] [--plot FILE.svg]
+
+Servers, each with 2 workers: ours with batching as shipped (MODEL_SERVER_MAX_BATCH_SIZE=auto, which
+the load-time measurement turns on for this model), ours with batching off (=1), and MLServer with
+its adaptive batching on (max_batch_size 32, max_batch_time 5 ms). Every concurrency level is run
+for every server in each round (interleaved); medians are printed, and the throughput and p99 against
+concurrency are drawn to an SVG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.harness import IMAGE, ROOT, Sample, Server, free_port, run_wrk
+
+BENCH_VENV = ROOT / ".venv-bench"
+TREES = 200
+MLSERVER_BATCH = ("32", "0.005")
+
+
+def _ours(name: str, directory: Path, scratch: Path, workers: int, batch_size: str | None) -> Server:
+    env = {
+        "HOST": "127.0.0.1",
+        "MODEL_SERVER_MODEL_DIR": str(directory),
+        "MODEL_SERVER_WORKERS": str(workers),
+        "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
+    }
+    if batch_size is not None:
+        env["MODEL_SERVER_MAX_BATCH_SIZE"] = batch_size
+    return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env, IMAGE, 0,
+                  model="penguins-forest", kind="forest")  # fmt: skip
+
+
+def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path, workers: int) -> list[Server]:
+    candidates = {
+        "ours-batching": _ours("ours-batching", directory, scratch, workers, None),
+        "ours-no-batching": _ours("ours-no-batching", directory, scratch, workers, "1"),
+    }
+    mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
+    if mlserver_python.exists():
+        candidates["mlserver-batching"] = Server(
+            "mlserver-batching",
+            [str(mlserver_python), "-m", "bench.mlserver_server", "--workers", str(workers), "--workdir",
+             str(scratch / "mlserver"), "--model-file", str(joblib_file), "--name", "penguins-forest",
+             "--max-batch-size", MLSERVER_BATCH[0], "--max-batch-time", MLSERVER_BATCH[1]],
+            {"PYTHONPATH": str(ROOT)}, ROOT, 0, protocols=("v2",), model="penguins-forest", kind="forest",
+        )  # fmt: skip
+    chosen = []
+    for name in names:
+        if name not in candidates:
+            print(f"bench: skipping {name}: not installed (scripts/bench --install-peers)", file=sys.stderr)
+            continue
+        server = candidates[name]
+        server.port = free_port()
+        server.env["PORT"] = str(server.port)
+        if name.startswith("mlserver"):
+            server.command += ["--port", str(server.port)]
+        chosen.append(server)
+    return chosen
+
+
+def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str]) -> str:
+    """Two panels, throughput and p99 against concurrency (log2 axis), one line per server: plain SVG."""
+    width, height, pad = 460, 300, 50
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    panels = []
+    for offset, (title, metric) in enumerate((("requests/s", "rps"), ("p99 ms", "p99_ms"))):
+        values = {
+            name: [statistics.median(getattr(s, metric) for s in results[(name, c)]) for c in levels]
+            for name in names
+            if all((name, c) in results for c in levels)
+        }
+        top = max((max(v) for v in values.values()), default=1) * 1.1
+        x0 = offset * (width + 20)
+
+        def point(index: int, value: float, x0: int = x0, top: float = top) -> tuple[float, float]:
+            x = x0 + pad + index * (width - 2 * pad) / max(len(levels) - 1, 1)
+            return x, height - pad - value / top * (height - 2 * pad)
+
+        parts = [
+            f'<text x="{x0 + width / 2}" y="20" text-anchor="middle" font-size="14">{title} vs concurrency</text>',
+            f'<line x1="{x0 + pad}" y1="{height - pad}" x2="{x0 + width - pad}" y2="{height - pad}" stroke="black"/>',
+            f'<line x1="{x0 + pad}" y1="{pad}" x2="{x0 + pad}" y2="{height - pad}" stroke="black"/>',
+            f'<text x="{x0 + pad - 5}" y="{pad + 4}" text-anchor="end" font-size="11">{top:.0f}</text>',
+        ]
+        for index, level in enumerate(levels):
+            x, _ = point(index, 0)
+            parts.append(f'<text x="{x}" y="{height - pad + 15}" text-anchor="middle" font-size="11">{level}</text>')
+        for number, (name, series) in enumerate(values.items()):
+            colour = colours[number % len(colours)]
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(i, v) for i, v in enumerate(series)))
+            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+            parts.append(
+                f'<text x="{x0 + pad + 8}" y="{pad + 14 * (number + 1)}" font-size="11" fill="{colour}">{name}</text>'
+            )
+        panels.extend(parts)
+    body = "\n".join(panels)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * width + 20}" height="{height}" '
+        f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n'
+    )
+
+
+def report(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str], args) -> str:
+    lines = [
+        f"wrk -t2 -d{args.duration}s, 1-row V2 requests, {TREES}-tree forest pipeline, 2 workers each, "
+        f"{args.rounds} interleaved rounds: median",
+        "",
+        "| concurrency | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for level in levels:
+        for name in names:
+            samples = results.get((name, level))
+            if not samples:
+                continue
+            p50, p99_ms = (statistics.median(getattr(s, key) for s in samples) for key in ("p50_ms", "p99_ms"))
+            lines.append(
+                f"| {level} | {name} | {statistics.median(s.rps for s in samples):.0f} | {p50:.2f} | {p99_ms:.2f} | "
+                f"{sum(s.errors for s in samples)} | {statistics.median(s.cpu_us for s in samples):.0f} |"
+            )
+
+    def rps(name: str, level: int) -> float | None:
+        samples = results.get((name, level))
+        return statistics.median(s.rps for s in samples) if samples else None
+
+    def p99(name: str, level: int) -> float | None:
+        samples = results.get((name, level))
+        return statistics.median(s.p99_ms for s in samples) if samples else None
+
+    at = 32 if 32 in levels else levels[-1]
+    on, off, peer = rps("ours-batching", at), rps("ours-no-batching", at), rps("mlserver-batching", at)
+    lines.append("")
+    if on and off:
+        lines.append(
+            f"- at {at} connections: batching gives {on / off:.2f}× our unbatched throughput; p99 "
+            f"{p99('ours-batching', at):.2f} ms against {p99('ours-no-batching', at):.2f} ms unbatched"
+        )
+    if on and peer:
+        lines.append(f"- at {at} connections: {on / peer:.2f}× MLServer's throughput with its adaptive batching on")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench --batching", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--servers", default="ours-batching,ours-no-batching,mlserver-batching")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="comma list of wrk connection counts")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plot", type=Path, help="write throughput and p99 against concurrency here (SVG)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        parser.error("wrk is not installed (apt-get install wrk)")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        parser.error(f"--concurrency {args.concurrency!r} must be a comma list of whole numbers")
+    if not all(1 <= c <= 256 for c in levels) or not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
+        parser.error("--concurrency values must be 1..256, --rounds 1..20 and --duration 1..120")
+
+    sys.path.insert(0, str(IMAGE))
+    import joblib
+    from model_server import artifact, train
+
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as scratch_name:
+        scratch = Path(scratch_name)
+        model, metadata = train.train("penguins", "random-forest", name="penguins-forest", trees=TREES)
+        artifact.save(model, metadata, scratch / "forest")
+        joblib.dump(model, scratch / "forest.joblib")
+        chosen = servers(args.servers.split(","), scratch / "forest", scratch / "forest.joblib", scratch, args.workers)
+        results: dict[tuple[str, int], list[Sample]] = {}
+        try:
+            for server in chosen:
+                print(f"bench: starting {server.name} on 127.0.0.1:{server.port}", file=sys.stderr)
+                server.start(scratch)
+            for round_number in range(1, args.rounds + 1):
+                for level in levels:
+                    for server in chosen:
+                        sample = run_wrk(server, "v2", 1, scratch, seconds=args.duration, connections=level,
+                                         threads=min(2, level), workers=args.workers)  # fmt: skip
+                        results.setdefault((server.name, level), []).append(sample)
+                        print(
+                            f"bench: round {round_number} c={level:<3} {server.name:18} {sample.rps:7.0f} req/s "
+                            f"p99 {sample.p99_ms:7.2f} ms errors {sample.errors}",
+                            file=sys.stderr,
+                        )
+        finally:
+            for server in chosen:
+                server.stop()
+    names = [server.name for server in chosen]
+    print(report(results, levels, names, args))
+    if args.plot:
+        temp = args.plot.with_name(f".{args.plot.name}.tmp")
+        temp.write_text(plot(results, levels, names))
+        temp.replace(args.plot)
+    return 0
