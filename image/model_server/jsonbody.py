@@ -1,10 +1,11 @@
 """Strict JSON request bodies: orjson's speed, plus refusing duplicated object keys.
 
 orjson already refuses invalid UTF-8, NaN/Infinity literals and nesting past 1024 levels, but it
-lets a duplicated key silently win. ``NaN`` alone is let through (as a missing value) because stock
-clients write it for a missing number: Python's json module, and tritonclient's JSON tensors. A body whose meaning depends on which duplicate counts is
+lets a duplicated key silently win. A body whose meaning depends on which duplicate counts is
 refused instead: the raw text's object members are counted with a tokenizer that steps over
 whole strings (exact on the valid JSON orjson accepted) and compared with the parsed members.
+``NaN`` alone is let through (as a missing value) because stock clients write it for a missing
+number: Python's json module, and tritonclient's JSON tensors.
 """
 
 from __future__ import annotations
