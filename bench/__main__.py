@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import EXPLAIN, IMAGE, ROOT, Sample, Server, free_port, run_wrk
+from bench.harness import EXPLAIN, IMAGE, ROOT, Sample, Server, choose, run_wrk
 
 BENCH_VENV = ROOT / ".venv-bench"
 # kind -> (the name it is served under, how to train it with model_server.train)
@@ -119,20 +119,7 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
             protocols=("v2",),
             **served,
         )
-    chosen = []
-    for name in args.servers.split(","):
-        if name not in candidates:
-            print(f"bench: skipping {name}: not installed (scripts/bench --install-peers)", file=sys.stderr)
-            continue
-        server = candidates[name]
-        server.port = free_port()
-        server.env["PORT"] = str(server.port)
-        if name == "naive":
-            server.command += ["--bind", f"127.0.0.1:{server.port}"]
-        elif name in ("kserve", "mlserver"):
-            server.command += ["--port", str(server.port)]
-        chosen.append(server)
-    return chosen
+    return choose(candidates, args.servers.split(","))
 
 
 def median_range(values: list[float], fmt: str) -> str:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import IMAGE, ROOT, Sample, Server, free_port, run_wrk
+from bench.harness import IMAGE, ROOT, Sample, Server, choose, run_wrk
 
 BENCH_VENV = ROOT / ".venv-bench"
 TREES = 200
@@ -52,18 +52,7 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
              "--max-batch-size", MLSERVER_BATCH[0], "--max-batch-time", MLSERVER_BATCH[1]],
             {"PYTHONPATH": str(ROOT)}, ROOT, 0, protocols=("v2",), model="penguins-forest", kind="forest",
         )  # fmt: skip
-    chosen = []
-    for name in names:
-        if name not in candidates:
-            print(f"bench: skipping {name}: not installed (scripts/bench --install-peers)", file=sys.stderr)
-            continue
-        server = candidates[name]
-        server.port = free_port()
-        server.env["PORT"] = str(server.port)
-        if name.startswith("mlserver"):
-            server.command += ["--port", str(server.port)]
-        chosen.append(server)
-    return chosen
+    return choose(candidates, names)
 
 
 def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str]) -> str:

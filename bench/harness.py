@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def choose(candidates: dict[str, Server], names: list[str]) -> list[Server]:
+    """The named servers that are installed, each on a free port (ours reads PORT; the peers and the
+    naive app take it as a flag)."""
+    chosen = []
+    for name in names:
+        if name not in candidates:
+            print(f"bench: skipping {name}: not installed (scripts/bench --install-peers)", file=sys.stderr)
+            continue
+        server = candidates[name]
+        server.port = free_port()
+        server.env["PORT"] = str(server.port)
+        if name == "naive":
+            server.command += ["--bind", f"127.0.0.1:{server.port}"]
+        elif name.startswith(("kserve", "mlserver")):
+            server.command += ["--port", str(server.port)]
+        chosen.append(server)
+    return chosen
 
 
 def body(protocol: str, rows: int, kind: str = "linear", columnar_v1: bool = False) -> bytes:

@@ -18,7 +18,10 @@ from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
 
 
 class MatrixCodec:
+    """The columns side by side in signature order, as the float64 matrix a numeric model was fitted on."""
+
     name = "float matrix"
+    dtype: type = np.float64
 
     def __init__(self, signature: Signature) -> None:
         self.signature = signature
@@ -27,25 +30,17 @@ class MatrixCodec:
         if batch.matrix is not None:
             return batch.matrix
         assert batch.columns is not None
-        return np.column_stack(
-            [np.asarray(batch.columns[name], dtype=np.float64) for name in self.signature.names]
-        ).astype(np.float64, copy=False)
-
-
-class ObjectMatrixCodec:
-    name = "object matrix"
-
-    def __init__(self, signature: Signature) -> None:
-        self.signature = signature
-
-    def encode(self, batch: Batch) -> np.ndarray:
-        if batch.matrix is not None:
-            return batch.matrix
-        assert batch.columns is not None
-        out = np.empty((batch.rows, len(self.signature)), dtype=object)
+        out = np.empty((batch.rows, len(self.signature)), dtype=self.dtype)
         for index, name in enumerate(self.signature.names):
             out[:, index] = batch.columns[name]
         return out
+
+
+class ObjectMatrixCodec(MatrixCodec):
+    """The same as an object matrix: strings and numbers side by side, for a model fitted on one."""
+
+    name = "object matrix"
+    dtype = object
 
 
 class FrameCodec:
