@@ -348,6 +348,49 @@ def _final_matrix(block: Block) -> np.ndarray:
 # ---- forests -----------------------------------------------------------------------------------------
 
 
+WALK_ROWS = 128  # measured: the level-by-level walk is faster than per-tree calls up to about here
+
+
+def all_leaves(trees: list[Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """Every tree's leaf for every row, walking all trees at once: (trees, rows) node ids into the
+    trees' concatenated nodes. The walk is the trees' own ``apply``, level by level for the whole
+    forest (one Python call per tree costs more than the walk for a few rows): the value as float32
+    compared with the float64 threshold, NaN going where the node's missing_go_to_left says."""
+    sizes = [tree.node_count for tree in trees]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(getattr(tree, name)) for tree in trees])
+
+    shift = np.repeat(offsets, sizes)
+    left, right = joined("children_left"), joined("children_right")
+    leaf = left < 0
+    left = np.where(leaf, -1, left + shift)
+    right = np.where(leaf, -1, right + shift)
+    feature = np.where(leaf, 0, joined("feature"))
+    threshold = joined("threshold")
+    missing_left = joined("missing_go_to_left").astype(bool)
+
+    def leaves(matrix: np.ndarray) -> np.ndarray:
+        x32 = np.ascontiguousarray(matrix, dtype=np.float32)
+        rows = len(x32)
+        if rows > WALK_ROWS:  # many rows: each tree's own Cython walk, one call per tree, is faster
+            return np.stack([tree.apply(x32) for tree in trees]) + offsets[:, None]
+        node = np.repeat(offsets[:, None], rows, axis=1)
+        row = np.broadcast_to(np.arange(rows), node.shape)
+        active = np.flatnonzero(~leaf[node.ravel()])
+        flat, flat_rows = node.ravel(), row.ravel()
+        while active.size:
+            at = flat[active]
+            value = x32[flat_rows[active], feature[at]]
+            go_left = np.where(np.isnan(value), missing_left[at], value.astype(np.float64) <= threshold[at])
+            flat[active] = np.where(go_left, left[at], right[at])
+            active = active[~leaf[flat[active]]]
+        return node
+
+    return leaves
+
+
 def forest_methods(forest: Any) -> dict[str, Method]:
     """predict (and predict_proba) of a single-output RandomForest/ExtraTrees, tree by tree as sklearn sums them."""
     try:
@@ -360,17 +403,14 @@ def forest_methods(forest: Any) -> dict[str, Method]:
     classifier = isinstance(forest, ForestClassifier)
     n_classes = int(forest.n_classes_) if classifier else 1
     # Every tree's leaf values in one table; each tree's node ids are offset into it.
-    tables = [np.asarray(tree.value)[:, 0, :n_classes] for tree in trees]
-    offsets = np.cumsum([0] + [len(t) for t in tables[:-1]]).astype(np.intp)[:, None]
-    table = np.concatenate(tables)
+    table = np.concatenate([np.asarray(tree.value)[:, 0, :n_classes] for tree in trees])
+    leaves = all_leaves(trees)
     count = len(trees)
 
     def mean_over_trees(matrix: np.ndarray) -> np.ndarray:
-        x32 = np.ascontiguousarray(matrix, dtype=np.float32)
-        leaves = np.stack([tree.apply(x32) for tree in trees]) + offsets  # (trees, rows)
         # cumsum along the trees adds them one after another from the first, as sklearn's
         # accumulation into a zeroed array does: the same sums in the same order.
-        total = np.cumsum(table[leaves], axis=0)[-1]
+        total = np.cumsum(table[leaves(matrix)], axis=0)[-1]
         total /= count
         return total
 

@@ -191,10 +191,26 @@ def test_compiled_forests_sum_trees_bit_for_bit():
         model.fit(numeric, y)
         runner, _signature = runner_for(model, pd.DataFrame(numeric, columns=["weight", "age"]))
         assert runner.description.path == f"compiled {type(model).__name__}"
-        rows = np.random.default_rng(2).normal([50, 15], [20, 10], size=(64, 2))
-        batch = Batch(rows=64, matrix=rows)
-        for output, values in runner.run(batch, methods_of(runner)).items():
-            assert np.array_equal(values, getattr(model, output)(rows)), output
+        # 64 rows take the level-by-level walk, 300 the per-tree Cython calls: both sklearn's sums exactly.
+        for count in (1, 64, 300):
+            rows = np.random.default_rng(count).normal([50, 15], [20, 10], size=(count, 2))
+            batch = Batch(rows=count, matrix=rows)
+            for output, values in runner.run(batch, methods_of(runner)).items():
+                assert np.array_equal(values, getattr(model, output)(rows)), output
+
+
+def test_compiled_forests_send_missing_values_where_each_node_says():
+    rng = np.random.default_rng(4)
+    numbers = rng.normal(size=(300, 3))
+    numbers[rng.random((300, 3)) < 0.15] = np.nan
+    model = RandomForestClassifier(n_estimators=25, random_state=0).fit(numbers, np.nan_to_num(numbers[:, 0]) > 0)
+    frame = pd.DataFrame(numbers, columns=["a", "b", "c"])
+    runner, _ = runner_for(model, frame)
+    assert runner.description.path == "compiled RandomForestClassifier"
+    rows = rng.normal(size=(50, 3))
+    rows[rng.random((50, 3)) < 0.3] = np.nan
+    answers = runner.run(Batch(rows=50, matrix=rows), ("predict_proba",))
+    assert np.array_equal(answers["predict_proba"], model.predict_proba(rows))
 
 
 def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled_path():
