@@ -25,7 +25,9 @@ TREES = 200
 MLSERVER_BATCH = ("32", "0.005")
 
 
-def _ours(name: str, directory: Path, scratch: Path, workers: int, batch_size: str | None) -> Server:
+def _ours(
+    name: str, directory: Path, scratch: Path, workers: int, batch_size: str | None, compiled: bool = True
+) -> Server:
     env = {
         "HOST": "127.0.0.1",
         "MODEL_SERVER_MODEL_DIR": str(directory),
@@ -34,6 +36,8 @@ def _ours(name: str, directory: Path, scratch: Path, workers: int, batch_size: s
     }
     if batch_size is not None:
         env["MODEL_SERVER_MAX_BATCH_SIZE"] = batch_size
+    if not compiled:
+        env["MODEL_SERVER_COMPILED"] = "false"
     return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env, IMAGE, 0,
                   model="penguins-forest", kind="forest")  # fmt: skip
 
@@ -42,6 +46,10 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
     candidates = {
         "ours-batching": _ours("ours-batching", directory, scratch, workers, None),
         "ours-no-batching": _ours("ours-no-batching", directory, scratch, workers, "1"),
+        # scikit-learn's own forest (one joblib task and one input check per tree), with and without
+        # batching: what batching is worth where a call's fixed cost is large.
+        "ours-sklearn-batching": _ours("ours-sklearn-batching", directory, scratch, workers, "64", compiled=False),
+        "ours-sklearn-no-batching": _ours("ours-sklearn-no-batching", directory, scratch, workers, "1", compiled=False),
     }
     mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
     if mlserver_python.exists():
@@ -134,12 +142,27 @@ def report(results: dict[tuple[str, int], list[Sample]], levels: list[int], name
         )
     if on and peer:
         lines.append(f"- at {at} connections: {on / peer:.2f}× MLServer's throughput with its adaptive batching on")
+    plain_on, plain_off = rps("ours-sklearn-batching", at), rps("ours-sklearn-no-batching", at)
+    if plain_on and plain_off:
+        lines.append(
+            f"- at {at} connections, scikit-learn's own forest (MODEL_SERVER_COMPILED=false): batching gives "
+            f"{plain_on / plain_off:.2f}× its unbatched throughput; p99 {p99('ours-sklearn-batching', at):.2f} ms "
+            f"against {p99('ours-sklearn-no-batching', at):.2f} ms"
+        )
+    if on and plain_off:
+        lines.append(
+            f"- at {at} connections: compiled forest with batching {on / plain_off:.2f}× scikit-learn's forest "
+            "served one request at a time"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench --batching", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--servers", default="ours-batching,ours-no-batching,mlserver-batching")
+    parser.add_argument(
+        "--servers",
+        default="ours-batching,ours-no-batching,ours-sklearn-batching,ours-sklearn-no-batching,mlserver-batching",
+    )
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="comma list of wrk connection counts")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")

@@ -174,6 +174,13 @@ FIELDS: dict[str, Setting] = {
         "(gevent workers).",
         Integer(1, 100_000),
     ),
+    "compiled": Setting(
+        "MODEL_SERVER_COMPILED",
+        "true",
+        "Serve models through the rebuilt arithmetic of compiled.py where it is proved equal at load; false "
+        "serves every model through scikit-learn's own methods.",
+        boolean,
+    ),
     "max_batch_size": Setting(
         "MODEL_SERVER_MAX_BATCH_SIZE",
         "auto",
@@ -271,6 +278,7 @@ class Settings:
     graceful_timeout: int
     header_timeout: int
     max_queue: int
+    compiled: bool
     max_batch_size: int | None
     max_batch_delay_ms: int
     keepalive: int

@@ -83,7 +83,10 @@ class ModelHolder:
                 expect=Expectations(settings.expected_version, settings.expected_sha256),
             )
             runner = ModelRunner(
-                loaded.model, loaded.signature, loaded.metadata.get("explanation", {}).get("reference")
+                loaded.model,
+                loaded.signature,
+                loaded.metadata.get("explanation", {}).get("reference"),
+                compiled_paths=settings.compiled,
             )
             missing = [name for name in settings.default_outputs if name not in runner.outputs]
             if missing:

@@ -86,7 +86,14 @@ def linear_fast_predictor(model: Any, width: int) -> Method | None:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, signature: Signature, explain_reference: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        signature: Signature,
+        explain_reference: list[float] | None = None,
+        *,
+        compiled_paths: bool = True,
+    ) -> None:
         self.model = model
         self.signature = signature
         self.codec = codecs.choose(signature)
@@ -99,11 +106,12 @@ class ModelRunner:
         path = f"model methods on a {self.codec.name}"
         if isinstance(self.codec, codecs.MatrixCodec) and not hasattr(model, "steps"):
             self._final, self._origins = model, np.arange(len(signature))
-        fast = linear_fast_predictor(model, len(signature)) if isinstance(self.codec, codecs.MatrixCodec) else None
+        is_matrix = isinstance(self.codec, codecs.MatrixCodec) and compiled_paths
+        fast = linear_fast_predictor(model, len(signature)) if is_matrix else None
         if fast is not None and "predict" in self.methods:
             self.methods["predict"] = fast
             path = "linear fast path"
-        else:
+        elif compiled_paths:
             path = self._compile(path)
         classes = classes_of(model)
         self.description = Description(task_of(model), type(model).__name__, classes, path)

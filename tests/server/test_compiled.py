@@ -258,3 +258,14 @@ def test_the_proof_refuses_a_plan_that_is_off_by_a_little():
     refusing = compiled.Plan(reference.encode, {"predict_proba": lambda m: (_ for _ in ()).throw(ValueError("no"))}, "")
     assert "scikit-learn answered, compiled refused (client)" in compiled.prove(refusing, reference, batches)
     assert compiled.prove(lenient, reference, batches) is None
+
+
+def test_compiled_paths_can_be_switched_off(penguins_dir):
+    from model_server.app import create_app
+
+    from .conftest import make_settings
+
+    for flag, prefix in (("true", "compiled preprocessing"), ("false", "model methods on a DataFrame")):
+        app = create_app(make_settings(penguins_dir, MODEL_SERVER_COMPILED=flag))
+        runner = app.extensions["model_server"].served.runner
+        assert runner.description.path.startswith(prefix)
