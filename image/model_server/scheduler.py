@@ -119,7 +119,7 @@ class Scheduler:
             raise
 
     def _start(self) -> None:
-        if self._executor is None:
+        if self._executor is None or self._executor.dead:
             import gevent
             from gevent.event import Event
 
@@ -141,8 +141,14 @@ class Scheduler:
             # One turn serves what is queued now (at most max_queue jobs), then lets every connection
             # with a request waiting queue it, be shed, or get its probe answered.
             waiting = [self._queue.popleft() for _ in range(len(self._queue))]
-            for group in self._groups([job for job in waiting if not job.abandoned]):
-                self._run(group)
+            try:
+                for group in self._groups([job for job in waiting if not job.abandoned]):
+                    self._run(group)
+            except Exception as exc:  # a bug in the executor itself: fail this turn's requests, keep serving
+                log.exception("prediction executor failed a turn")
+                for job in waiting:
+                    if not job.done.ready():
+                        job.done.set_exception(exc)
             gevent.sleep(_NEXT_LOOP_ITERATION_S)
 
     def _queue_rows(self) -> int:
