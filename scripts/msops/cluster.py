@@ -131,6 +131,8 @@ def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
     args = {
         "kubelet-client-certificate": str(PKI / "admin.crt"),
         "kubelet-client-key": str(PKI / "admin.key"),
+        # By its address: the node's name would be looked up in the host's DNS, outside the machine.
+        "kubelet-preferred-address-types": "InternalIP",
         "requestheader-client-ca-file": str(PKI / "ca.crt"),
         # The one CA signs every client certificate: only the API server's proxy identity may set headers.
         "requestheader-allowed-names": "kwok-admin",
@@ -138,7 +140,19 @@ def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
         "requestheader-group-headers": "X-Remote-Group",
         "requestheader-extra-headers-prefix": "X-Remote-Extra-",
     }
-    patches = [{"name": "kube-apiserver", "extraArgs": [{"key": k, "value": v} for k, v in args.items()]}]
+    patches = [
+        # kwokctl's kwok manages every node by default: it would mark the real node's pods Ready at fake
+        # addresses (its own pod CIDR) before the kubelet reports them. Only the nodes _node() annotates.
+        {
+            "name": "kwok-controller",
+            "extraArgs": [
+                {"key": "manage-all-nodes", "value": "false", "override": True},
+                {"key": "manage-nodes-with-annotation-selector", "value": "kwok.x-k8s.io/node=fake"},
+            ],
+        }
+    ]
+    if real_node:
+        patches.append({"name": "kube-apiserver", "extraArgs": [{"key": k, "value": v} for k, v in args.items()]})
     return {
         "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
         "kind": "KwokctlConfiguration",
@@ -159,7 +173,7 @@ def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
             "kubeAuthorization": True,
             "kubeAdmission": True,
         },
-        **({"componentsPatches": patches} if real_node else {}),
+        "componentsPatches": patches,
     }
 
 

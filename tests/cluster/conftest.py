@@ -7,6 +7,7 @@ with it; that the container serves is the image tests' job (tests/image).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -88,26 +89,32 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r}){context}")
 
 
-@pytest.fixture(scope="session")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
-    state = tmp_path_factory.mktemp("cluster")
+@contextlib.contextmanager
+def cluster(state: Path, *flags: str) -> Iterator[Kube]:
+    """`scripts/cluster up FLAGS` in ``state``; `down` afterwards must stop every process and leave no state."""
     kube = Kube(state)
     started = time.monotonic()
-    up = subprocess.run([str(CLUSTER), "up", "--flux"], env=kube.env, capture_output=True, text=True, cwd=ROOT)
+    up = subprocess.run([str(CLUSTER), "up", *flags], env=kube.env, capture_output=True, text=True, cwd=ROOT)
     if up.returncode != 0:
         subprocess.run([str(CLUSTER), "down"], env=kube.env, capture_output=True, cwd=ROOT)
-        raise AssertionError(f"scripts/cluster up --flux failed:\n{up.stderr}")
-    print(f"\ncluster up in {time.monotonic() - started:.1f} s", flush=True)
+        raise AssertionError(f"scripts/cluster up {' '.join(flags)} failed:\n{up.stderr}")
+    print(f"\ncluster ({' '.join(flags)}) up in {time.monotonic() - started:.1f} s", flush=True)
     try:
         yield kube
     finally:
         status = kube.run([str(CLUSTER), "status"], check=False)
         pids = [int(pid) for pid in re.findall(r"pid (\d+)", status.stdout)]
-        subprocess.run([str(CLUSTER), "down"], env=kube.env, capture_output=True, cwd=ROOT)
-    # `down` stops every process the cluster started, and leaves no state behind.
+        down = subprocess.run([str(CLUSTER), "down"], env=kube.env, capture_output=True, text=True, cwd=ROOT)
+    assert down.returncode == 0, down.stderr
     left = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)]
     assert left == [], f"processes still running after scripts/cluster down: {left}"
     assert not state.exists() or not any(state.iterdir())
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    with cluster(tmp_path_factory.mktemp("cluster"), "--flux") as kube:
+        yield kube
 
 
 def _proc_state(pid: int) -> str:
@@ -115,3 +122,132 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
     except (OSError, IndexError):
         return "Z"
+
+
+# ---- the real node (scripts/cluster up --real-node) ---------------------------------------------------------
+def host_traces() -> dict[str, object]:
+    """What a real node leaves on the host while it runs; `down` must put every item back as it was."""
+    from msops import node
+
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    mounts = Path("/proc/self/mountinfo").read_text()
+    return {
+        "chains": sorted(node.chain_names()),
+        "ipsets": sorted(subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout.split()),
+        "links": sorted(re.findall(rf"^\d+: ({node.BRIDGE}|veth\w+)[@:]", links, re.M)),
+        "container mounts": sorted(
+            line.split()[4] for line in mounts.splitlines() if re.search(r"/(containerd|kubelet|netns)\b", line)
+        ),
+        "cgroups": sorted(str(p) for p in node.CGROUPS.glob(f"*/{node.CGROUP_ROOT}")),
+        "sysctls": {key: (Path("/proc/sys") / key).read_text().strip() for key in node.SYSCTLS},
+        "routes": subprocess.run(["ip", "route", "show", node.SERVICE_CIDR], capture_output=True, text=True).stdout,
+    }
+
+
+@pytest.fixture(scope="session")
+def real_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """A second cluster, with one real node instead of kwok nodes, and Flux; checked clean after `down`."""
+    before = host_traces()
+    with cluster(tmp_path_factory.mktemp("real-cluster"), "--real-node", "--flux") as kube:
+        yield kube
+    # No mounts, network namespaces' veths, iptables chains, ipsets, cgroups or sysctls left changed.
+    assert host_traces() == before
+
+
+def read_only_claim(kube: Kube, namespace: str, claim: str, pv_name: str, host_path: Path | str) -> None:
+    """The platform side of model.mode=existingClaim: a bound, read-only claim on a host directory."""
+    kube.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv_name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": str(host_path)},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "",
+                    "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            },
+        ]
+    )
+    wait_for(
+        f"PVC {namespace}/{claim} bound",
+        lambda: kube.json("get", "pvc", claim, "-n", namespace)["status"].get("phase") == "Bound",
+    )
+
+
+@pytest.fixture(scope="session")
+def node_image(real_kube: Kube) -> str:
+    """The serving image, built from this tree and imported into the real node (`scripts/cluster load-image`)."""
+    done = real_kube.run([str(CLUSTER), "load-image"])
+    return done.stdout.strip().splitlines()[-1]
+
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def client_pod(name: str, namespace: str, image: str, script: str, labels: dict[str, str] | None = None) -> dict:
+    """A run-once pod that runs ``script`` with the serving image's python (admitted under restricted PSS)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"e2e/client": name, **(labels or {})}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "client",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", script],
+                    "securityContext": RESTRICTED_CONTAINER,
+                }
+            ],
+        },
+    }
+
+
+def run_client(kube: Kube, pod: dict, timeout: float = 180) -> tuple[str, str]:
+    """Create ``pod``, wait until it finished; (phase, its log). The pod is deleted afterwards."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    kube.kubectl("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+    kube.apply(pod)
+    try:
+        phase = wait_client(kube, name, namespace, timeout)
+        return phase, kube.kubectl("logs", name, "-n", namespace)
+    finally:
+        kube.kubectl("delete", "pod", name, "-n", namespace, "--wait=false", check=False)
+
+
+def wait_client(kube: Kube, name: str, namespace: str, timeout: float) -> str:
+    def finished() -> str | None:
+        phase = kube.json("get", "pod", name, "-n", namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    return wait_for(
+        f"client pod {namespace}/{name} to finish",
+        finished,
+        timeout=timeout,
+        detail=lambda: kube.kubectl("describe", "pod", name, "-n", namespace, check=False)[-3000:],
+    )

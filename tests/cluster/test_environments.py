@@ -15,7 +15,7 @@ import pytest
 import yaml
 from msops import environments, manifests, render, values
 
-from tests.cluster.conftest import Kube, wait_for
+from tests.cluster.conftest import Kube, read_only_claim, wait_for
 from tests.kube import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -49,37 +49,7 @@ def model_store(kube: Kube, env: environments.Environment) -> None:
     if model["mode"] != "existingClaim":
         return
     pv_name = f"{env.namespace}-{model['existingClaim']}"
-    kube.apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": pv_name},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadOnlyMany"],
-                    "storageClassName": "",
-                    "hostPath": {"path": f"/srv/model-store/{env.name}"},
-                    "claimRef": {"namespace": env.namespace, "name": model["existingClaim"]},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": model["existingClaim"], "namespace": env.namespace},
-                "spec": {
-                    "accessModes": ["ReadOnlyMany"],
-                    "storageClassName": "",
-                    "volumeName": pv_name,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        ]
-    )
-    wait_for(
-        f"PVC {model['existingClaim']} bound",
-        lambda: kube.json("get", "pvc", model["existingClaim"], "-n", env.namespace)["status"].get("phase") == "Bound",
-    )
+    read_only_claim(kube, env.namespace, model["existingClaim"], pv_name, f"/srv/model-store/{env.name}")
 
 
 def helm_args(

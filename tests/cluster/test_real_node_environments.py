@@ -1,0 +1,430 @@
+"""Every model release of every environment on the real node: the image really runs, probes, `helm test`,
+NetworkPolicy, rollouts and the HPA really work.
+
+Each release is installed from the chart version its environment pins, with exactly the values
+files environments.yaml declares, plus the overrides a registry-less local node needs, stated here:
+the image is the one built from this tree and imported into the node (repository and tag; digest
+cleared; pull policy Never); a model.sha256 pin is set to the artifact this node serves (the
+repository's pins are placeholders until the release pipeline writes real ones, like the image
+digests); where the environment asks for more CPU than this 2-core node has (prod: 2 CPUs per pod,
+at least 3 pods), the CPU request is lowered to fit and the limit left alone. existingClaim mode gets
+a read-only claim on a host directory holding the image's own artifact at the declared subPath, as
+the platform's model store would.
+
+Clients run as pods in the cluster: from the release's namespace (the chart's own `helm test`),
+from a namespace the NetworkPolicy admits (the ingress controller's, where there is a policy), and
+from one it does not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from msops import environments, node, render, values
+
+from tests.cluster.conftest import Kube, client_pod, read_only_claim, run_client, wait_client, wait_for
+from tests.kube import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+DECL = environments.load()
+# The node's CPUs, less what the node's own processes and the test clients need.
+NODE_CPU_MILLI = 2000
+OUTSIDER = "e2e-outsider"
+RELEASES = [(env, release) for env in DECL.environments.values() for release in env.releases]
+
+
+@dataclass
+class Installed:
+    env: environments.Environment
+    release: environments.Release
+    chart: Path
+    values: dict  # the chart's defaults with the release's values files over them
+    image: str
+    artifact: str  # the artifact directory, inside the image, this release serves
+    overrides: list[str] = field(default_factory=list)
+    service: str = ""
+    port: int = 0
+    allowed_namespace: str = ""
+
+    @property
+    def namespace(self) -> str:
+        return self.env.namespace
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.service}.{self.namespace}.svc.cluster.local:{self.port}"
+
+    def helm_args(self) -> list[str]:
+        args = [self.release.name, str(self.chart), "--namespace", self.namespace]
+        for file in self.release.values_files:
+            args += ["--values", str(ROOT / file)]
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+
+def _milli(cpu: str | int | float) -> int:
+    text = str(cpu)
+    return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+
+
+def node_overrides(merged: dict, image: str, artifact: Path) -> list[str]:
+    """The --set arguments a registry-less, 2-core local node needs, and nothing else."""
+    repository, tag = image.rsplit(":", 1)
+    sets = [f"image.repository={repository}", f"image.tag={tag}", "image.digest=", "image.pullPolicy=Never"]
+    if merged["model"].get("sha256"):
+        metadata = json.loads((artifact / "metadata.json").read_text())
+        sets.append(f"model.sha256={metadata['model_sha256']}")
+    scaling = merged["autoscaling"]
+    pods = scaling["minReplicas"] if scaling["enabled"] else merged["replicaCount"]
+    # Room for the pods plus one surge pod during a rollout, in half the node.
+    fit = NODE_CPU_MILLI // 2 // (pods + 1)
+    if _milli(merged["resources"]["requests"]["cpu"]) > fit:
+        sets.append(f"resources.requests.cpu={fit}m")
+    return sets
+
+
+def copy_from_image(image: str, path: str, target: Path) -> Path:
+    """Copy the directory ``path`` out of the image into ``target``, readable by the pods' UID."""
+    container = subprocess.run(["buildah", "from", "--quiet", image], capture_output=True, text=True, check=True)
+    name = container.stdout.strip()
+    try:
+        mount = subprocess.run(["buildah", "mount", name], capture_output=True, text=True, check=True)
+        shutil.copytree((Path(mount.stdout.strip()) / path.lstrip("/")).resolve(), target, dirs_exist_ok=True)
+    finally:
+        subprocess.run(["buildah", "umount", name], capture_output=True, check=False)
+        subprocess.run(["buildah", "rm", name], capture_output=True, check=False)
+    for item in [target, *target.rglob("*")]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
+    return target
+
+
+def restricted_namespace(kube: Kube, name: str) -> None:
+    kube.restricted_namespace(name)
+    wait_for(
+        f"namespace {name}'s default ServiceAccount",
+        lambda: kube.kubectl("get", "sa", "default", "-n", name, check=False),
+    )
+
+
+def pods(kube: Kube, installed: Installed) -> list[dict]:
+    """The release's serving pods that are not on their way out."""
+    selector = f"app.kubernetes.io/instance={installed.release.name},app.kubernetes.io/component!=test"
+    return [
+        p
+        for p in kube.json("get", "pods", "-n", installed.namespace, "-l", selector)["items"]
+        if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") != "Succeeded"
+    ]
+
+
+def ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=lambda item: f"{item[0].name}-{item[1].model}")
+def installed(
+    request: pytest.FixtureRequest, real_kube: Kube, node_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installed]:
+    """One release at a time on the node (it has 2 CPUs): install from the pinned chart, test, uninstall."""
+    env, release = request.param
+    with render.chart_dir(DECL, env) as chart:
+        defaults = yaml.safe_load((chart / "values.yaml").read_text())
+        merged = values.coalesce(defaults, values.release_values(release))
+        model = merged["model"]
+        in_image = model["imageDirectory"] if model["mode"] == "image" else f"/models/{release.model}"
+        context = Installed(env, release, chart, merged, node_image, in_image)
+        restricted_namespace(real_kube, env.namespace)
+        store = tmp_path_factory.mktemp(f"model-store-{env.name}-{release.model}")
+        store.chmod(0o755)
+        local = copy_from_image(node_image, in_image, store / (model.get("subPath") or "artifact"))
+        if model["mode"] == "existingClaim":
+            pv = f"{env.namespace}-{release.model}-{model['existingClaim']}"
+            read_only_claim(real_kube, env.namespace, model["existingClaim"], pv, store)
+        context.overrides = node_overrides(merged, node_image, local)
+        policy = merged["networkPolicy"]
+        context.allowed_namespace = env.namespace
+        if policy["enabled"]:
+            context.allowed_namespace = (
+                policy.get("ingressControllerNamespace") or (policy.get("allowedNamespaces") or [""])[0]
+            )
+            assert context.allowed_namespace, f"{env.name}: the policy names no namespace a client could call from"
+        for namespace in {context.allowed_namespace, OUTSIDER}:
+            restricted_namespace(real_kube, namespace)
+        real_kube.helm("install", *context.helm_args(), "--wait", "--timeout", "5m")
+        service = real_kube.json(
+            "get", "service", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={release.name}"
+        )
+        context.service = service["items"][0]["metadata"]["name"]
+        context.port = service["items"][0]["spec"]["ports"][0]["port"]
+        try:
+            yield context
+        finally:
+            real_kube.helm("uninstall", release.name, "-n", env.namespace, "--wait", "--timeout", "2m", check=False)
+            if model["mode"] == "existingClaim":
+                claim = model["existingClaim"]
+                real_kube.kubectl("delete", "pvc", claim, "-n", env.namespace, "--timeout=60s", check=False)
+                real_kube.kubectl(
+                    "delete", "pv", f"{env.namespace}-{release.model}-{claim}", "--timeout=60s", check=False
+                )
+
+
+def test_pods_run_the_image_and_pass_the_real_readiness_probe(real_kube: Kube, installed: Installed):
+    merged = installed.values
+    expected = merged["autoscaling"]["minReplicas"] if merged["autoscaling"]["enabled"] else merged["replicaCount"]
+    running = wait_for(
+        f"{expected} Ready pods",
+        lambda: (found := pods(real_kube, installed)) and len(found) == expected and all(map(ready, found)) and found,
+        timeout=180,
+    )
+    for pod in running:
+        status = pod["status"]["containerStatuses"][0]
+        assert status["ready"], status
+        assert "running" in status["state"], status
+        assert status["restartCount"] == 0, f"{pod['metadata']['name']} restarted: {status.get('lastState')}"
+        assert pod["spec"]["containers"][0]["image"] == installed.image
+
+
+def test_helm_test_passes_under_the_environment_network_policy(real_kube: Kube, installed: Installed):
+    """The chart's own test Pod calls the Service from the release's namespace, through its NetworkPolicy.
+
+    Before the chart admitted its test Pod, staging's and prod's policies (ingress controller and
+    monitoring only) refused it: Argo CD's PostSync hook failed every sync, Flux remediated every upgrade."""
+    done = real_kube.helm("test", installed.release.name, "-n", installed.namespace, "--timeout", "3m", check=False)
+    if done.returncode != 0:
+        # A failed test Pod stays (hook-delete-policy hook-succeeded): its log says what it saw.
+        selector = f"app.kubernetes.io/instance={installed.release.name},app.kubernetes.io/component=test"
+        logs = real_kube.kubectl("logs", "-n", installed.namespace, "-l", selector, "--tail=20", check=False)
+        pytest.fail(f"helm test failed:\n{done.stdout[-1500:]}\n{done.stderr}\ntest pod log:\n{logs}")
+    assert re.search(r"^Phase:\s+Succeeded$", done.stdout, re.M), done.stdout
+
+
+# A new pod's address reaches the policy controller's ipsets a moment after the pod starts: a client
+# in an admitted namespace first waits (30 s at most) until the Service answers it.
+REACHABLE = """
+import time, urllib.request
+def wait_reachable(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=3):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+"""
+
+
+def _smoke_script(installed: Installed) -> str:
+    """The image's smoke check against the Service by DNS name, compared with the artifact the release serves."""
+    argv = ["--url", installed.url, "--expect-from", installed.artifact]
+    run = f"wait_reachable({installed.url!r})\nsys.exit(smoke.main({argv!r}))\n"
+    return REACHABLE + "import sys\nfrom model_server import smoke\n" + run
+
+
+def test_a_prediction_through_the_service_by_dns_name_matches_the_model(real_kube: Kube, installed: Installed):
+    pod = client_pod("predict", installed.allowed_namespace, installed.image, _smoke_script(installed))
+    phase, logs = run_client(real_kube, pod)
+    assert phase == "Succeeded", logs
+    assert logs.strip().splitlines()[-1].startswith("ok: "), logs
+
+
+PROBE = """
+import json, time, urllib.request
+# 15 s of attempts: one answer is a leak (a refusal can never be a late policy sync: new pods are refused
+# until the controller admits them, never admitted until it refuses them).
+reached, last, deadline = False, "", time.monotonic() + 15
+while time.monotonic() < deadline and not reached:
+    try:
+        with urllib.request.urlopen({url!r} + "/v2/health/ready", timeout=3) as response:
+            reached, last = True, response.status
+    except Exception as exc:
+        last = type(exc).__name__ + ": " + str(exc)
+        time.sleep(1)
+print(json.dumps({{"reached": reached, "last": last}}))
+"""
+
+
+def test_a_namespace_the_policy_does_not_allow_is_refused(real_kube: Kube, installed: Installed):
+    pod = client_pod("outsider", OUTSIDER, installed.image, PROBE.format(url=installed.url))
+    phase, logs = run_client(real_kube, pod)
+    assert phase == "Succeeded", logs
+    answer = json.loads(logs.strip().splitlines()[-1])
+    if installed.values["networkPolicy"]["enabled"]:
+        assert not answer["reached"], f"{OUTSIDER} reached the pods through the NetworkPolicy: {answer}"
+    else:
+        assert answer == {"reached": True, "last": 200}, "no NetworkPolicy here: any namespace reaches the pods"
+
+
+HAMMER = """
+import json, threading, time, urllib.request
+url, seconds, workers, pause = {url!r} + "/v2/health/ready", {seconds}, {workers}, {pause}
+counts, errors, lock = {{"ok": 0, "failed": 0}}, [], threading.Lock()
+wait_reachable({url!r})
+print("hammering", flush=True)
+started = time.monotonic()
+def hammer():
+    deadline = started + seconds
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        try:
+            request = urllib.request.Request(url, headers={{"Connection": "close"}})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                r.read()
+                good = r.status == 200
+        except Exception as exc:
+            good = False
+            with lock:
+                errors.append(f"{{time.monotonic() - started:.1f}} s: {{type(exc).__name__}}: {{str(exc)[:120]}}")
+        with lock:
+            counts["ok" if good else "failed"] += 1
+threads = [threading.Thread(target=hammer) for _ in range(workers)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({{**counts, "errors": errors[:30]}}))
+"""
+
+
+def _hammer(kube: Kube, installed: Installed, name: str, seconds: int, workers: int, pause: float = 0) -> dict:
+    """Start a client pod sending requests on a new connection each (``pause`` s apart per worker)."""
+    script = REACHABLE + HAMMER.format(url=installed.url, seconds=seconds, workers=workers, pause=pause)
+    pod = client_pod(name, installed.allowed_namespace, installed.image, script)
+    kube.kubectl("delete", "pod", name, "-n", installed.allowed_namespace, "--ignore-not-found", "--wait=true")
+    kube.apply(pod)
+    wait_for(
+        f"{name} sending requests",
+        lambda: "hammering" in kube.kubectl("logs", name, "-n", installed.allowed_namespace, check=False),
+        timeout=90,
+    )
+    return pod
+
+
+def _result(kube: Kube, pod: dict, timeout: float) -> dict:
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    phase = wait_client(kube, name, namespace, timeout)
+    logs = kube.kubectl("logs", name, "-n", namespace)
+    kube.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+    assert phase == "Succeeded", logs
+    return json.loads(logs.strip().splitlines()[-1])
+
+
+class Timeline(threading.Thread):
+    """What the Service's endpoints and the bridge's neighbour table were, second by second: a failure's context."""
+
+    def __init__(self, kube: Kube, installed: Installed) -> None:
+        super().__init__(daemon=True)
+        self.kube, self.installed, self.lines, self.done = kube, installed, [], threading.Event()
+        self.started = time.monotonic()
+
+    def run(self) -> None:
+        last = None
+        selector = f"kubernetes.io/service-name={self.installed.service}"
+        while not self.done.wait(0.5):
+            slices = self.kube.json("get", "endpointslices", "-n", self.installed.namespace, "-l", selector)
+            endpoints = sorted(
+                f"{e['addresses'][0]}:{'R' if e['conditions'].get('ready') else '-'}"
+                f"{'T' if e['conditions'].get('terminating') else ''}"
+                for item in slices["items"]
+                for e in item.get("endpoints") or []
+            )
+            neighbours = subprocess.run(["ip", "neigh", "show", "dev", node.BRIDGE], capture_output=True, text=True)
+            state = f"endpoints {' '.join(endpoints)} | neigh {' '.join(neighbours.stdout.split())}"
+            if state != last:
+                self.lines.append(f"{time.monotonic() - self.started:6.1f} s {state}")
+                last = state
+
+
+def test_upgrade_rolls_every_pod_with_zero_failed_requests(real_kube: Kube, installed: Installed):
+    """preStop sleep, endpoint removal and SIGTERM draining, for real: a client hammers the Service throughout."""
+    before = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+    # About 100 requests/s, each on a new connection, from one client pod.
+    pod = _hammer(real_kube, installed, "rollout-client", seconds=45, workers=4, pause=0.04)
+    timeline = Timeline(real_kube, installed)
+    timeline.start()
+    real_kube.helm(
+        "upgrade",
+        *installed.helm_args(),
+        "--set-string",
+        "podAnnotations.e2e/rollout=upgrade",
+        "--wait",
+        "--timeout",
+        "4m",
+    )
+    after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+    assert before, "pods before the upgrade"
+    assert after, "pods after the upgrade"
+    assert not before & after, "every pod was replaced"
+    result = _result(real_kube, pod, timeout=180)
+    timeline.done.set()
+    context = "\n".join(timeline.lines)
+    assert result["failed"] == 0, f"{result}\ntimeline (from the start of the upgrade):\n{context}"
+    assert result["ok"] > 1000, result
+
+
+def test_hpa_scales_up_on_real_cpu_and_back_down(real_kube: Kube, installed: Installed):
+    scaling = installed.values["autoscaling"]
+    if not scaling["enabled"]:
+        pytest.skip(f"{installed.env.name} does not autoscale")
+    if installed.release != installed.env.releases[0]:
+        # Autoscaling is the environment's (its values.yaml), the same for every model: proved on the first.
+        pytest.skip(f"{installed.env.name}'s autoscaling is proved on {installed.env.releases[0].model}")
+    namespace = installed.namespace
+    # The scale-down stabilisation window (prod's 300 s) shortened so the test sees the way back down.
+    real_kube.helm(
+        "upgrade",
+        *installed.helm_args(),
+        "--set",
+        "autoscaling.behavior.scaleDown.stabilizationWindowSeconds=15",
+        "--wait",
+        "--timeout",
+        "4m",
+    )
+    hpa_name = real_kube.json(
+        "get", "hpa", "-n", namespace, "-l", f"app.kubernetes.io/instance={installed.release.name}"
+    )["items"][0]["metadata"]["name"]
+
+    def hpa() -> dict:
+        return real_kube.json("get", "hpa", hpa_name, "-n", namespace)
+
+    wait_for(
+        "the HPA to read real CPU from metrics-server",
+        lambda: (
+            (hpa()["status"].get("currentMetrics") or [{}])[0]
+            .get("resource", {})
+            .get("current", {})
+            .get("averageUtilization")
+            is not None
+        ),
+        timeout=120,
+    )
+    load = _hammer(real_kube, installed, "load", seconds=150, workers=8)
+    peak = wait_for(
+        "the HPA to scale up under load",
+        lambda: (replicas := hpa()["status"].get("desiredReplicas", 0)) > scaling["minReplicas"] and replicas,
+        timeout=150,
+        detail=lambda: json.dumps(hpa()["status"]),
+    )
+    _result(real_kube, load, timeout=240)
+    wait_for(
+        "the HPA to scale back down once the load stopped",
+        lambda: (
+            hpa()["status"].get("desiredReplicas") == scaling["minReplicas"]
+            and hpa()["status"].get("currentReplicas") == scaling["minReplicas"]
+        ),
+        timeout=240,
+        detail=lambda: json.dumps(hpa()["status"]),
+    )
+    assert peak > scaling["minReplicas"]
