@@ -286,7 +286,7 @@ def run_wrk(
         else {}
     )
     errors += sum(socket_error_count.values())
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     if "99" not in percentiles:
         raise RuntimeError(f"wrk printed no latency distribution against {server.name}:\n{out}\n{wrk.stderr}")
     deltas = {pid: after[pid] - before.get(pid, 0) for pid in after}

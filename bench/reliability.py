@@ -304,7 +304,7 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
     after = rss_mib(worker_pids(server))
     counts = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", out, re.MULTILINE)}
     socket_errors = re.search(r"Socket errors: (.*)", out)
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     shed = _metric(server, "model_server_shed_requests_total")
     slowest_probe = max(seconds for _, seconds in probes)
     growth = max((a - b) / b for a, b in zip(after, before, strict=True))
