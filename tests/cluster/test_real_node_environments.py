@@ -6,10 +6,10 @@ files environments.yaml declares, plus the overrides a registry-less local node 
 the image is the one built from this tree and imported into the node (repository and tag; digest
 cleared; pull policy Never); a model.sha256 pin is set to the artifact this node serves (the
 repository's pins are placeholders until the release pipeline writes real ones, like the image
-digests); where the environment asks for more CPU than this 2-core node has (prod: 2 CPUs per pod,
-at least 3 pods), the CPU request is lowered to fit and the limit left alone. existingClaim mode gets
-a read-only claim on a host directory holding the image's own artifact at the declared subPath, as
-the platform's model store would.
+digests); where the minimum replicas plus a surge pod would not fit in half this 2-core node
+(staging's 500m, prod's 2 CPUs per pod), the CPU request is lowered to fit and the limit left
+alone. existingClaim mode gets a read-only claim on a host directory holding the image's own
+artifact at the declared subPath, as the platform's model store would.
 
 Clients run as pods in the cluster: from the release's namespace (the chart's own `helm test`),
 from a namespace the NetworkPolicy admits (the ingress controller's, where there is a policy), and
