@@ -39,6 +39,7 @@ from .tools import ROOT
 
 NAME = "real-node"
 BRIDGE = "msops0"
+BRIDGE_MAC = "02:6d:73:6f:70:01"  # locally administered
 NETWORK = "msops"
 POD_CIDR = "10.244.0.0/24"
 NODE_IP = "10.244.0.1"
@@ -417,7 +418,9 @@ def prepare_host(node: Node, log: Log) -> None:
         _sysctl(key, value)
     _make_cgroup_root()
     network = ipaddress.ip_network(POD_CIDR)
-    _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    # A fixed address: a bridge without one takes its lowest port's, so each new pod's veth could change
+    # the gateway's MAC under every running pod (their ARP entries go stale: "No route to host").
+    _run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
     _run(["ip", "addr", "add", f"{NODE_IP}/{network.prefixlen}", "dev", BRIDGE])
     _run(["ip", "link", "set", BRIDGE, "up"])
     _guard(add=True)
