@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -70,9 +71,23 @@ def expected_from(directory: Path, rows: list[list[Any]], output: str) -> list[A
     return runner.run(batch, (output,))[output].tolist()
 
 
-def run(base: str, expect_from: Path | None) -> str:
+def wait_ready(base: str, seconds: float) -> None:
+    """Readiness within ``seconds``: a new pod's network (and a NetworkPolicy enforcer admitting its
+    address) may lag its start by a moment, so an unreachable or not-yet-ready server is asked again."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            call(f"{base}/v2/health/ready", timeout=5)
+            return
+        except SmokeFailure:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1)
+
+
+def run(base: str, expect_from: Path | None, wait: float = 30) -> str:
     base = base.rstrip("/")
-    call(f"{base}/v2/health/ready")
+    wait_ready(base, wait)
     models = call(f"{base}/v1/models").get("models") or []
     if len(models) != 1:
         raise SmokeFailure(f"expected one served model, /v1/models lists {models}")
@@ -110,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smoke", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL of the server")
     parser.add_argument("--expect-from", type=Path, help="artifact directory whose answers must match")
+    parser.add_argument("--wait", type=float, default=30, help="seconds to wait for readiness (default 30)")
     args = parser.parse_args(argv)
     try:
-        print(run(args.url, args.expect_from))
+        print(run(args.url, args.expect_from, args.wait))
     except Exception as exc:  # a failed check, an odd answer or an unloadable artifact: one line, exit 1
         print(f"smoke: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

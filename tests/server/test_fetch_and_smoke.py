@@ -109,5 +109,13 @@ def test_smoke_fails_on_a_wrong_answer(start_server, artifact_dir, tmp_path, cap
 
 def test_smoke_fails_when_the_server_is_not_ready(start_server, tmp_path, capsys):
     server = start_server({"MODEL_SERVER_MODEL_DIR": str(tmp_path / "absent")})
-    assert smoke.main(["--url", server.url]) == 1
+    assert smoke.main(["--url", server.url, "--wait", "2"]) == 1
     assert "503" in capsys.readouterr().err
+
+
+def test_smoke_waits_for_a_server_that_is_not_reachable_yet(start_server, artifact_dir, capsys):
+    # A new pod's address may be admitted by the NetworkPolicy enforcer a moment after it starts:
+    # the first attempts are refused, then it answers.
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir)}, wait=False)
+    assert smoke.main(["--url", server.url, "--wait", "30"]) == 0
+    assert "ok: model diabetes v1" in capsys.readouterr().out
