@@ -39,6 +39,7 @@ def main() -> None:
         "http_port": args.port,
         "grpc_port": free_port(),
         "metrics_port": free_port(),
+        "metrics_dir": str(folder / "metrics"),  # MLServer's default is .metrics/ in the working directory
         "parallel_workers": args.workers,
         "debug": False,
     }
