@@ -66,7 +66,7 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
 def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str]) -> str:
     """Two panels, throughput and p99 against concurrency (log2 axis), one line per server: plain SVG."""
     width, height, pad = 460, 300, 50
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     panels = []
     for offset, (title, metric) in enumerate((("requests/s", "rps"), ("p99 ms", "p99_ms"))):
         values = {
