@@ -138,26 +138,32 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
     """Three times the connections capacity needs, then recovery to full speed."""
     server = lab.server()
     baseline = capacity(lab, server)
+    shed_before = _metric(server, "model_server_shed_requests_total")
     # 16 keep-alive connections saturate 2 workers; 3x that, each sending as fast as answered,
     # offers three times the load the server can serve.
     sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=48, threads=2)
+    shed = round(_metric(server, "model_server_shed_requests_total") - shed_before)
     live = requests.get(f"{server.base}/v2/health/live", timeout=5).status_code
     after = capacity(lab, server)
     recovered = after >= 0.9 * baseline
+    # The kernel, not the server, decides which worker accepts each of the 48 connections: now and then one
+    # worker starts with more connections than its queue holds and sheds a few until they even out.
     return Result(
         "overload, 3x the saturating concurrency",
-        sample.errors == 0 and live == 200 and recovered,
+        sample.errors == shed and shed <= 0.001 * sample.total and live == 200 and recovered,
         {
             "capacity req/s": round(baseline),
             "served under overload req/s": round(sample.rps),
             "requests": sample.total,
-            "non-2xx or socket errors": sample.errors,
+            "shed (503 + Retry-After)": shed,
+            "other non-2xx or socket errors": sample.errors - shed,
             "p50 ms": round(sample.p50_ms, 2),
             "p99 ms": round(sample.p99_ms, 2),
             "capacity after req/s": round(after),
         },
-        "3x is within what each worker's queue (MODEL_SERVER_MAX_QUEUE) absorbs: every answer is a 200. "
-        "Past it the server sheds (the 16x scenario).",
+        "3x is within what the workers' queues (MODEL_SERVER_MAX_QUEUE each) absorb: every answer is a 200, "
+        "except at most 0.1 % shed while the kernel has handed one worker more connections than its queue "
+        "holds. Past it the server sheds (the 16x scenario).",
     )
 
 

@@ -75,6 +75,11 @@ BATCH_REQUESTS = Histogram(
     "Requests answered by one model call (1: not merged).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+BATCH_SPLITS = Counter(
+    "model_server_batch_splits_total",
+    "Merged model calls that failed (usually one request's bad input) and were answered one request at a "
+    "time, so each request got its own answer or error.",
+)
 FEATURE_DRIFT = "model_server_feature_drift"
 FEATURE_DRIFT_HELP = (
     "Population stability index (PSI) of each input column: its distribution over the recent window "

@@ -179,6 +179,7 @@ class Scheduler:
             try:
                 merged = runner.run(columns.concat([job.batch for job in group], runner.signature), outputs)
             except Exception:
+                metrics.BATCH_SPLITS.inc()
                 log.debug("a merged batch of %d requests failed; running them one by one", len(group))
             else:
                 metrics.BATCH_ROWS.observe(sum(job.batch.rows for job in group))
