@@ -50,6 +50,10 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
         # batching: what batching is worth where a call's fixed cost is large.
         "ours-sklearn-batching": _ours("ours-sklearn-batching", directory, scratch, workers, "64", compiled=False),
         "ours-sklearn-no-batching": _ours("ours-sklearn-no-batching", directory, scratch, workers, "1", compiled=False),
+        # The same request to the same preprocessing before a LogisticRegression, whose call costs a few
+        # µs: what the server itself (HTTP, decoding, encoding) can answer for this request. No batching of
+        # the forest can go past it.
+        "ours-ceiling": _ours("ours-ceiling", directory.with_name("cheap"), scratch, workers, "1"),
     }
     mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
     if mlserver_python.exists():
@@ -140,6 +144,13 @@ def report(results: dict[tuple[str, int], list[Sample]], levels: list[int], name
             f"- at {at} connections: batching gives {on / off:.2f}× our unbatched throughput; p99 "
             f"{p99('ours-batching', at):.2f} ms against {p99('ours-no-batching', at):.2f} ms unbatched"
         )
+    ceiling = rps("ours-ceiling", at)
+    if ceiling and off:
+        lines.append(
+            f"- at {at} connections: the server's own ceiling for this request (the same preprocessing before a "
+            f"LogisticRegression, unbatched) is {ceiling:.0f} req/s, {ceiling / off:.2f}× our unbatched forest: "
+            "the most any batching of the compiled forest could give"
+        )
     if on and peer:
         lines.append(f"- at {at} connections: {on / peer:.2f}× MLServer's throughput with its adaptive batching on")
     plain_on, plain_off = rps("ours-sklearn-batching", at), rps("ours-sklearn-no-batching", at)
@@ -161,7 +172,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench --batching", description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--servers",
-        default="ours-batching,ours-no-batching,ours-sklearn-batching,ours-sklearn-no-batching,mlserver-batching",
+        default="ours-batching,ours-no-batching,ours-sklearn-batching,ours-sklearn-no-batching,ours-ceiling,"
+        "mlserver-batching",
     )
     parser.add_argument("--concurrency", default="1,2,4,8,16,32,64", help="comma list of wrk connection counts")
     parser.add_argument("--rounds", type=int, default=3)
@@ -187,6 +199,8 @@ def main(argv: list[str]) -> int:
         model, metadata = train.train("penguins", "random-forest", name="penguins-forest", trees=TREES)
         artifact.save(model, metadata, scratch / "forest")
         joblib.dump(model, scratch / "forest.joblib")
+        cheap, cheap_metadata = train.train("penguins", name="penguins-forest")
+        artifact.save(cheap, cheap_metadata, scratch / "cheap")
         chosen = servers(args.servers.split(","), scratch / "forest", scratch / "forest.joblib", scratch, args.workers)
         results: dict[tuple[str, int], list[Sample]] = {}
         try:
