@@ -12,6 +12,7 @@ concurrency are drawn to an SVG.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import sys
@@ -68,31 +69,37 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
 
 
 def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str]) -> str:
-    """Two panels, throughput and p99 against concurrency (log2 axis), one line per server: plain SVG."""
+    """Two panels, throughput (linear axis) and p99 (log axis: the unbatched scikit-learn forest's tail is
+    a hundred times the others') against concurrency, one line per server: plain SVG."""
     width, height, pad = 460, 300, 50
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#7f7f7f"]
     panels = []
-    for offset, (title, metric) in enumerate((("requests/s", "rps"), ("p99 ms", "p99_ms"))):
+    for offset, (title, metric, log) in enumerate((("requests/s", "rps", False), ("p99 ms (log)", "p99_ms", True))):
         values = {
             name: [statistics.median(getattr(s, metric) for s in results[(name, c)]) for c in levels]
             for name in names
             if all((name, c) in results for c in levels)
         }
-        top = max((max(v) for v in values.values()), default=1) * 1.1
+        every = [v for series in values.values() for v in series if v > 0] or [1.0]
+        low, top = (min(every) / 1.5, max(every) * 1.5) if log else (0.0, max(every) * 1.1)
         x0 = offset * (width + 20)
 
-        def point(index: int, value: float, x0: int = x0, top: float = top) -> tuple[float, float]:
+        def point(index: int, value: float, x0: int = x0, low: float = low, top: float = top, log: bool = log):
             x = x0 + pad + index * (width - 2 * pad) / max(len(levels) - 1, 1)
-            return x, height - pad - value / top * (height - 2 * pad)
+            share = math.log(max(value, low) / low) / math.log(top / low) if log else (value - low) / (top - low)
+            return x, height - pad - share * (height - 2 * pad)
 
         parts = [
             f'<text x="{x0 + width / 2}" y="20" text-anchor="middle" font-size="14">{title} vs concurrency</text>',
             f'<line x1="{x0 + pad}" y1="{height - pad}" x2="{x0 + width - pad}" y2="{height - pad}" stroke="black"/>',
             f'<line x1="{x0 + pad}" y1="{pad}" x2="{x0 + pad}" y2="{height - pad}" stroke="black"/>',
-            f'<text x="{x0 + pad - 5}" y="{pad + 4}" text-anchor="end" font-size="11">{top:.0f}</text>',
         ]
+        ticks = [10.0**k for k in range(math.ceil(math.log10(low)), math.floor(math.log10(top)) + 1)] if log else [top]
+        for tick in ticks:
+            _, y = point(0, tick)
+            parts.append(f'<text x="{x0 + pad - 5}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{tick:.0f}</text>')
         for index, level in enumerate(levels):
-            x, _ = point(index, 0)
+            x, _ = point(index, low)
             parts.append(f'<text x="{x}" y="{height - pad + 15}" text-anchor="middle" font-size="11">{level}</text>')
         for number, (name, series) in enumerate(values.items()):
             colour = colours[number % len(colours)]
