@@ -196,6 +196,9 @@ def node_image(real_kube: Kube) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+# `helm upgrade` arguments that change nothing but a pod annotation: a rollout of every pod of the release.
+ROLLOUT_UPGRADE = ("--set-string", "podAnnotations.e2e/rollout=upgrade", "--wait", "--timeout", "4m")
+
 RESTRICTED_CONTAINER = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},

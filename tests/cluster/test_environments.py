@@ -15,7 +15,7 @@ import pytest
 import yaml
 from msops import environments, manifests, render, values
 
-from tests.cluster.conftest import Kube, read_only_claim, wait_for
+from tests.cluster.conftest import ROLLOUT_UPGRADE, Kube, read_only_claim, wait_for
 from tests.kube import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -179,15 +179,7 @@ def test_upgrade_rolls_a_new_replicaset_and_rollback_restores_it(
     first_hash = first_rs["metadata"]["labels"]["pod-template-hash"]
 
     with render.chart_dir(DECL, env) as chart:
-        kube.helm(
-            "upgrade",
-            *helm_args(env, release, chart),
-            "--set-string",
-            "podAnnotations.e2e/rollout=upgrade",
-            "--wait",
-            "--timeout",
-            "4m",
-        )
+        kube.helm("upgrade", *helm_args(env, release, chart), *ROLLOUT_UPGRADE)
     upgraded = wait_rolled_out(kube, env, release, replicas)
     assert upgraded["spec"]["template"]["metadata"]["annotations"]["e2e/rollout"] == "upgrade"
     new_rs = replica_sets(kube, env, upgraded)[upgraded["metadata"]["annotations"]["deployment.kubernetes.io/revision"]]

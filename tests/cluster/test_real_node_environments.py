@@ -32,7 +32,7 @@ import pytest
 import yaml
 from msops import environments, node, render, values
 
-from tests.cluster.conftest import Kube, client_pod, read_only_claim, run_client, wait_client, wait_for
+from tests.cluster.conftest import ROLLOUT_UPGRADE, Kube, client_pod, read_only_claim, run_client, wait_client, wait_for
 from tests.kube import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -354,15 +354,7 @@ def test_upgrade_rolls_every_pod_with_zero_failed_requests(real_kube: Kube, inst
     pod = _hammer(real_kube, installed, "rollout-client", seconds=45, workers=4, pause=0.04)
     timeline = Timeline(real_kube, installed)
     timeline.start()
-    real_kube.helm(
-        "upgrade",
-        *installed.helm_args(),
-        "--set-string",
-        "podAnnotations.e2e/rollout=upgrade",
-        "--wait",
-        "--timeout",
-        "4m",
-    )
+    real_kube.helm("upgrade", *installed.helm_args(), *ROLLOUT_UPGRADE)
     after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
     assert before, "pods before the upgrade"
     assert after, "pods after the upgrade"
