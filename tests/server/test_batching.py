@@ -63,15 +63,18 @@ def expected(runner: ModelRunner, rows: list[list], outputs: list[str]) -> dict[
     return {name: values.tolist() for name, values in runner.run(batch, tuple(outputs)).items()}
 
 
+def scrape(url: str) -> str:
+    return requests.get(f"{url}/metrics", timeout=5).text
+
+
 def merged_calls(url: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=5).text
+    text = scrape(url)
     buckets = dict(re.findall(r'model_server_batch_requests_bucket\{le="([^"]+)"\} (\S+)', text))
     return float(buckets["+Inf"]) - float(buckets["1.0"])
 
 
 def batch_splits(url: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=5).text
-    return float(re.search(r"^model_server_batch_splits_total (\S+)", text, re.M).group(1))
+    return float(re.search(r"^model_server_batch_splits_total (\S+)", scrape(url), re.M).group(1))
 
 
 def test_concurrent_requests_are_merged_and_each_gets_exactly_its_own_answer(start_server, forest_dir):
