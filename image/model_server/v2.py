@@ -195,7 +195,9 @@ def _typed(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
         if present.dtype.kind == "f" and (present != np.floor(present)).any():
             raise Unprocessable(f"{where} is {datatype} but holds non-integer values")
         info = np.iinfo(dtype)
-        if present.size and (present.min() < info.min or present.max() > info.max):
+        # Exclusive bound: numpy reads an integer past int64 beside other numbers as a rounded float64
+        # (2**64 - 1 becomes 2**64, which astype would silently wrap to 0), so such a float is refused.
+        if present.size and (present.min() < info.min or present.max() >= info.max + 1):
             raise Unprocessable(f"{where} holds values outside the {datatype} range")
         if missing is not None and missing.any():
             return array  # float64 with NaN: the nulls are checked against the column later

@@ -1,6 +1,7 @@
 """Unit tests of V1 and V2 parsing into a checked batch (one float matrix, or typed columns), and of V2
 response encoding for every output datatype."""
 
+import json
 import struct
 
 import numpy as np
@@ -104,8 +105,24 @@ class TestV2:
         matrix = matrix_of(v2_body([[0.1, 0.2, 0.3]], datatype="FP32"))
         np.testing.assert_array_equal(matrix, np.array([[0.1, 0.2, 0.3]], dtype=np.float32).astype(np.float64))
 
-    def test_integer_datatypes(self):
-        assert matrix_of(v2_body([[1, 2, 3]], datatype="INT32")).dtype == np.float64
+    @pytest.mark.parametrize("datatype", ["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"])
+    def test_integer_datatypes_keep_their_values_from_json_and_binary(self, datatype):
+        dtype = np.dtype(v2.NUMERIC_DTYPES[datatype])
+        info = np.iinfo(dtype)
+        values = np.array([[info.min, 0, info.max], [1, 2, 3]], dtype=dtype)
+        raw = values.astype(dtype.newbyteorder("<")).tobytes()
+        tensor = {"name": "x", "shape": [2, 3], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}
+        np.testing.assert_array_equal(matrix_of({"inputs": [tensor]}, binary=raw), values.astype(np.float64))
+        # JSON integers past int64 beside smaller ones are read as float64: 2**63 exactly, 2**64 - 1 not.
+        if datatype == "UINT64":
+            values[0, 2] = 2**63
+        from_json = matrix_of(v2_body(values.tolist(), datatype=datatype))
+        assert from_json.dtype == np.float64
+        np.testing.assert_array_equal(from_json, values.astype(np.float64))
+
+    @pytest.mark.parametrize(("datatype", "data"), [("UINT64", [[0, 1, 2**64]]), ("INT64", [[1.0, 2, 2**63]])])
+    def test_json_integers_rounded_past_their_range_are_refused_not_wrapped(self, datatype, data):
+        refused(lambda: parse_v2(v2_body(data, datatype=datatype)), 422, f"outside the {datatype} range")
 
     def test_one_column_per_feature(self):
         body = {
@@ -238,7 +255,7 @@ class TestStrictJson:
         ],
     )
     def test_strings_that_look_like_keys_are_not_mistaken_for_duplicates(self, raw):
-        jsonbody.loads(raw)
+        assert jsonbody.loads(raw) == json.loads(raw)
 
     @pytest.mark.parametrize(
         ("raw", "fragment"),
@@ -290,6 +307,7 @@ class TestTypedColumns:
         assert batch.columns["island"].dtype == object
         np.testing.assert_array_equal(batch.columns["mass"], [3750.0, np.nan])
         assert batch.columns["year"].dtype == np.int64
+        assert batch.columns["year"].tolist() == [2007, 2008]
         assert batch.columns["ringed"][0] is True
         assert np.isnan(batch.columns["ringed"][1])
         assert batch.columns["sex"][0] == "male"
@@ -346,6 +364,7 @@ class TestTypedColumns:
         assert batch.columns["sex"].tolist() == ["", "ä"]
         assert batch.columns["ringed"].tolist() == [True, False]
         assert batch.columns["year"].tolist() == [2007, 2008]
+        np.testing.assert_array_equal(batch.columns["mass"], [1.5, np.nan])
 
     @pytest.mark.parametrize(
         ("row", "fragment"),
