@@ -6,6 +6,7 @@ import numpy as np
 import orjson
 import pytest
 from model_server.app import create_app
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROWS, make_settings
 
@@ -199,21 +200,47 @@ def test_unexpected_errors_become_a_bare_500(client, monkeypatch):
     assert response.get_json() == {"error": "internal server error"}
 
 
-def test_metrics_count_requests_and_rows(client):
-    post(client, "/predict", {"instances": [[0.1] * 10] * 3})
+def scrape(client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of /metrics by series; the test process shares one registry, so tests compare scrapes."""
     text = client.get("/metrics").get_data(as_text=True)
-    assert 'model_server_requests_total{method="POST",route="/predict",status="200"}' in text
-    assert 'model_server_predicted_rows_total{protocol="v1"}' in text
-    assert 'model_server_model_info{name="diabetes",version="1"} 1.0' in text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def series(metric: str, /, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
+    return metric, frozenset(labels.items())
+
+
+def test_metrics_count_requests_and_rows(client):
+    before = scrape(client)
+    post(client, "/predict", {"instances": [[0.1] * 10] * 3})
+    after = scrape(client)
+    counted = {
+        series("model_server_requests_total", method="POST", route="/predict", status="200"): 1,
+        series("model_server_request_duration_seconds_count", route="/predict"): 1,
+        series("model_server_predicted_rows_total", protocol="v1"): 3,
+    }
+    for key, increase in counted.items():
+        assert after[key] - before.get(key, 0.0) == increase, key
+    assert after[series("model_server_model_info", name="diabetes", version="1")] == 1.0
 
 
 def test_metric_labels_stay_bounded_whatever_the_client_sends(client):
-    client.open("/v2/models/x" * 5, method="BREW")
-    client.get("/no/such/path/12345")
-    text = client.get("/metrics").get_data(as_text=True)
-    assert (
-        'method="other",route="unmatched",status="405"' in text
-        or 'method="other",route="unmatched",status="404"' in text
-    )
-    assert "12345" not in text
-    assert "BREW" not in text
+    client.get("/metrics")  # its own series exist before the first scrape below
+    before = scrape(client)
+    for n in range(5):
+        client.open(f"/v2/models/x{n}" * 5, method=f"BREW{n}")
+        client.get(f"/no/such/path/1234{n}")
+        client.open("/predict", method=f"BREW{n}")
+    after = scrape(client)
+    requests_total = {key: value for key, value in after.items() if key[0] == "model_server_requests_total"}
+    new = {key: value - before.get(key, 0.0) for key, value in requests_total.items() if value != before.get(key)}
+    assert new == {
+        series("model_server_requests_total", method="other", route="unmatched", status="404"): 5,
+        series("model_server_requests_total", method="GET", route="unmatched", status="404"): 5,
+        series("model_server_requests_total", method="other", route="unmatched", status="405"): 5,
+        series("model_server_requests_total", method="GET", route="/metrics", status="200"): 1,
+    }
