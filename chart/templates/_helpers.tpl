@@ -66,6 +66,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: test
 {{- end }}
 
+{{/* The egress rule for DNS (networkPolicy.egress.dnsTo, any address when empty), UDP and TCP. */}}
+{{- define "model-server.dnsEgress" -}}
+{{- with .Values.networkPolicy.egress.dnsTo }}
+to:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+ports:
+  - port: 53
+    protocol: UDP
+  - port: 53
+    protocol: TCP
+{{- end }}
+
 {{/* Selector labels: never a version, since a Deployment's selector is immutable. */}}
 {{- define "model-server.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "model-server.name" . }}

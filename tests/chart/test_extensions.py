@@ -91,7 +91,7 @@ def test_extra_containers_are_templated_and_get_the_restricted_security_context(
     docs = template("chart/ci/existing-claim-values.yaml")
     spec = pod_spec(docs)
     shipper = next(c for c in spec["containers"] if c["name"] == "log-shipper")
-    assert shipper["image"] == "ghcr.io/model-server-gitops/model-server-log-shipper:1.0"
+    assert shipper["image"] == f"ghcr.io/model-server-gitops/model-server-log-shipper:1.0@sha256:{'4' * 64}"
     assert shipper["args"] == ["--source=/tmp", "--release=rel"]
     assert "runAsUser" not in shipper["securityContext"], "its own securityContext is kept as written"
     init = spec["initContainers"]
@@ -127,32 +127,45 @@ def test_extra_objects_render_maps_and_templated_strings():
     assert names["rel-notes"]["data"] == {"model": "penguins-prod"}
 
 
+def server_policy(docs: list[dict]) -> dict:
+    """The NetworkPolicy of the server's pods (the other one is the test Pod's)."""
+    (policy,) = [d for d in by_kind(docs, "NetworkPolicy") if not d["metadata"]["name"].endswith("-test")]
+    return policy
+
+
 def test_network_policy_admits_the_gateway_the_scraper_the_test_pod_and_extra_rules():
     docs = template("chart/ci/existing-claim-values.yaml")
-    policy = one(docs, "NetworkPolicy")["spec"]
+    policy = server_policy(docs)["spec"]
     sources = policy["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway-system"}}} in sources
     test_pod = one(docs, "Pod")["metadata"]["labels"]
     admitted = [s["podSelector"]["matchLabels"] for s in sources if set(s) == {"podSelector"}]
     assert any(all(test_pod.get(k) == v for k, v in selector.items()) for selector in admitted)
-    assert policy["policyTypes"] == ["Ingress"]
-    extra = one(template("chart/ci/pvc-values.yaml"), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    # DNS narrowed to kube-dns, then the sidecar's sink from extraEgress.
+    assert policy["egress"][0]["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    extra = server_policy(template("chart/ci/pvc-values.yaml"))["spec"]
     assert extra["ingress"][1]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
     assert extra["policyTypes"] == ["Ingress", "Egress"]
-    assert [rule["ports"][0]["port"] for rule in extra["egress"]] == [53, 443]
+    # DNS, the artifact host (its block, the https port), then extraEgress.
+    assert [rule["ports"][0]["port"] for rule in extra["egress"]] == [53, 443, 4317]
+    assert extra["egress"][1]["to"] == [{"ipBlock": {"cidr": "198.51.100.0/24"}}]
 
 
-def test_the_test_pod_is_selected_by_no_service_pdb_or_policy():
+def test_the_test_pod_is_selected_by_its_own_policy_and_no_service_pdb_or_server_policy():
     docs = template("chart/ci/pvc-values.yaml")
     labels = one(docs, "Pod")["metadata"]["labels"]
     selectors = [
         one(docs, "Service")["spec"]["selector"],
         one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        server_policy(docs)["spec"]["podSelector"]["matchLabels"],
         one(docs, "Deployment")["spec"]["selector"]["matchLabels"],
     ]
     for selector in selectors:
         assert not all(labels.get(k) == v for k, v in selector.items()), selector
+    (own,) = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "rel-model-server-test"]
+    assert all(labels.get(k) == v for k, v in own["spec"]["podSelector"]["matchLabels"].items())
 
 
 def test_http_route_matches_filters_and_timeouts():

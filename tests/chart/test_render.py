@@ -49,7 +49,8 @@ def test_deployment_defaults(defaults):
     assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert server["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi"}
+    assert server["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}
+    assert server["resources"]["limits"] == {"cpu": "2", "memory": "512Mi", "ephemeral-storage": "256Mi"}
     assert {"name": "tmp", "mountPath": "/tmp"} in server["volumeMounts"]
 
 
@@ -199,8 +200,8 @@ def test_pdb_uses_max_unavailable_unless_min_available_is_chosen():
 
 def test_network_policy_denies_everything_but_listed_sources():
     docs = template("chart/ci/pvc-values.yaml")
-    policy = one(docs, "NetworkPolicy")
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]  # pvc-values lists egress rules
+    (policy,) = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "rel-model-server"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     rule = policy["spec"]["ingress"][0]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     namespaces = [
