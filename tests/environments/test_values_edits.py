@@ -23,12 +23,22 @@ def snapshot(repo):
     return {p: p.read_text() for p in sorted((repo / "environments").rglob("*.yaml"))}
 
 
+def drop_dev_digest(repo):
+    """dev as it is before image.yml's first push: a tag, no digest (and no placeholder comment)."""
+    path = repo / "environments/dev/values.yaml"
+    text = path.read_text()
+    kept = [line for line in text.splitlines(keepends=True) if not line.startswith(("  digest:", "  # Placeholder"))]
+    assert len(kept) == len(text.splitlines()) - 2, "dev's image block changed: update drop_dev_digest"
+    path.write_text("".join(kept))
+
+
 def changed_lines(before: str, after: str) -> list[tuple[str, str]]:
     assert len(before.splitlines()) <= len(after.splitlines()) + 1
     return [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=False) if a != b]
 
 
 def test_set_image_changes_only_the_image_and_keeps_comments(repo):
+    drop_dev_digest(repo)
     decl = environments.load(repo)
     before = read(repo, "dev")
     diff = values.set_image(decl, decl.get("dev"), "0.2.0", DIGEST_A, repo)
@@ -47,6 +57,7 @@ def test_set_image_changes_only_the_image_and_keeps_comments(repo):
 
 
 def test_set_image_without_digest_removes_a_stale_one(repo):
+    drop_dev_digest(repo)
     decl = environments.load(repo)
     original = read(repo, "dev")
     values.set_image(decl, decl.get("dev"), "0.2.0", DIGEST_A, repo)
@@ -167,7 +178,6 @@ def test_promote_chart_pins_the_version_in_the_declaration_argocd_and_flux_toget
         (lambda d, r: values.set_image(d, d.get("staging"), "1.0", None, r), "staging requires an image digest"),
         (lambda d, r: values.promote_image(d, d.get("dev"), d.get("prod"), r), "promotes to staging, not prod"),
         (lambda d, r: values.promote_image(d, d.get("dev"), d.get("dev"), r), "same environment"),
-        (lambda d, r: values.promote_image(d, d.get("dev"), d.get("staging"), r), "requires an image digest"),
         (lambda d, r: values.promote_model(d, d.get("dev"), d.get("staging"), "iris", r), "serves no model 'iris'"),
         (lambda d, r: values.promote_model(d, d.get("staging"), d.get("dev"), "penguins", r), "promotes to prod"),
         (lambda d, r: values.promote_chart(d, d.get("staging"), d.get("dev"), r), "promotes to prod, not dev"),
@@ -181,6 +191,15 @@ def test_bad_input_is_refused_and_files_stay_untouched(repo, call, message):
         call(decl, repo)
     assert snapshot(repo) == before
     assert not [p for p in (repo / "environments").rglob(".*") if p.is_file()], "temp file left behind"
+
+
+def test_an_image_without_digest_is_not_promoted_to_a_pinned_environment(repo):
+    drop_dev_digest(repo)
+    decl = environments.load(repo)
+    before = snapshot(repo)
+    with pytest.raises(OpsError, match="requires an image digest"):
+        values.promote_image(decl, decl.get("dev"), decl.get("staging"), repo)
+    assert snapshot(repo) == before
 
 
 def test_a_model_from_dev_is_not_promoted_into_the_model_store_without_its_artifact(repo):
