@@ -1,15 +1,18 @@
 """Integration: the real gunicorn process with the image's own gunicorn.conf.py, on 127.0.0.1."""
 
 import json
+import os
 import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROWS
 
@@ -45,8 +48,68 @@ def test_metrics_aggregate_every_worker(server):
     assert 'model_server_predicted_rows_total{protocol="v1"} 80.0' in text
     assert 'model_server_request_duration_seconds_count{route="/predict"} 40.0' in text
     assert 'model_server_model_info{name="diabetes",version="1"} 1.0' in text
-    pids = {line.split('pid="')[1].split('"')[0] for line in text.splitlines() if 'pid="' in line}
-    assert len(pids) <= 2
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, keyed by its series (name and labels)."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _worker_pids(master: int) -> set[int]:
+    tasks = Path(f"/proc/{master}/task").iterdir()
+    return {int(pid) for task in tasks for pid in (task / "children").read_text().split()}
+
+
+def _predict_traffic(url: str, requests_count: int = 20) -> None:
+    # A connection per request, so the requests spread over both workers.
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(
+            pool.map(
+                lambda _: requests.post(f"{url}/predict", json={"instances": ROWS[:2].tolist()}, timeout=5),
+                range(requests_count),
+            )
+        )
+    assert [r.status_code for r in replies] == [200] * requests_count
+
+
+@pytest.mark.slow
+def test_worker_restarts_add_no_series_and_leave_no_dead_workers_values(start_server, artifact_dir):
+    """Each worker writes the drift gauge under its own pid; the scrape aggregates them into series
+    without a pid label, and gunicorn's child_exit hook drops a dead worker's share. Were either
+    missing, every killed worker (timeout, OOM) would leave series or counts behind for good."""
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_WORKERS": "2"})
+    _predict_traffic(server.url)
+    requests.get(f"{server.url}/metrics", timeout=5)  # so that both scrapes below see /metrics counted
+    time.sleep(0.5)  # each worker publishes its drift window within 0.1 s
+    before = _samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+    window = "model_server_drift_window_rows"
+    assert sum(v for (name, _), v in before.items() if name == window) == 20 * 2 * 10
+
+    dead: set[int] = set()
+    for _ in range(3):
+        workers = _worker_pids(server.process.pid)
+        assert len(workers) == 2, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        dead |= workers
+        deadline = time.monotonic() + 20
+        while not (len(_worker_pids(server.process.pid) - dead) == 2 or time.monotonic() > deadline):
+            time.sleep(0.1)
+        server.wait_live()
+        _predict_traffic(server.url)
+    time.sleep(0.5)
+    after = _samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+
+    assert [key for key in after if "pid" in dict(key[1])] == []
+    assert set(after) == set(before)
+    # Only the live workers' windows count: the rows sent since the last restart, none of the dead's.
+    assert sum(v for (name, _), v in after.items() if name == window) == 20 * 2 * 10
+    assert after[("model_server_model_ready", frozenset())] == 1.0
+    assert after[("model_server_model_info", frozenset({("name", "diabetes"), ("version", "1")}))] == 1.0
 
 
 def test_logs_are_json_with_the_request_id(server):
