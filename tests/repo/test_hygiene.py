@@ -1,5 +1,6 @@
 """Repository-wide checks CI also runs: linters, workflow references, secrets, entry points."""
 
+import itertools
 import re
 import subprocess
 import sys
@@ -79,13 +80,40 @@ def test_workflows_set_minimal_permissions_and_concurrency():
             assert "timeout-minutes" in job, f"{workflow.name}:{name} has no timeout"
 
 
-@pytest.mark.parametrize("name", ENTRY_POINTS)
+def header_comment(script: Path) -> str:
+    """The comment block under a script's shebang, without its '# ' prefixes: what its --help prints."""
+    comment = itertools.takewhile(lambda line: line.startswith("#"), script.read_text().splitlines()[1:])
+    return "".join(re.sub(r"^# ?", "", line) + "\n" for line in comment)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="scripts/test --help prints only lines 2-6 of its longer header (sed -n '2,6p'): "
+                "it stops mid-sentence at 'and, unless'",
+            ),
+        )
+        if name == "test"
+        else name
+        for name in ENTRY_POINTS
+    ],
+)
 def test_entry_points_are_executable_and_answer_help(name):
     path = ROOT / "scripts" / name
     assert path.stat().st_mode & 0o111
     result = run(str(path), "--help")
     assert result.returncode == 0, result.stderr
-    assert (result.stdout + result.stderr).strip()
+    if result.stdout.startswith("usage: "):
+        # argparse (msops and train): the usage names the command, the options follow.
+        assert re.match(rf"usage: (msops )?{re.escape(name)} ", result.stdout), result.stdout
+        assert "-h, --help" in result.stdout
+    else:
+        # A shell script's help is its opening comment: all of it, and no line of code after it.
+        assert result.stdout == header_comment(path)
 
 
 def test_no_secrets_in_the_repository():
