@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import logs, routes
 from .config import Settings
@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     @app.before_request
     def remember_route() -> None:
         # The metrics label is the URL rule (bounded), not the raw path; Flask clears its request
-        # from the environ before the middleware could read the rule itself.
+        # from the environ before the middleware could read the rule itself. _get_current_object is the
+        # proxy's own method, which Flask's annotation of ``request`` (the Request it stands for) lacks.
         current = request._get_current_object()  # type: ignore[attr-defined]
         if current.url_rule is not None:
             current.environ[ROUTE_ENVIRON_KEY] = current.url_rule.rule
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         response = error_response(exc)
-        if exc.code == 405 and exc.valid_methods:
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
@@ -67,5 +68,6 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
             served.scheduler.admit()
 
     fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes, admit)
+    # Flask's documented way to put WSGI middleware in front; mypy sees the assignment of a method.
     app.wsgi_app = Observability(fast)  # type: ignore[method-assign]
     return app

@@ -30,7 +30,7 @@ class MatrixCodec:
         if batch.matrix is not None:
             return batch.matrix
         assert batch.columns is not None
-        out = np.empty((batch.rows, len(self.signature)), dtype=self.dtype)
+        out: np.ndarray = np.empty((batch.rows, len(self.signature)), dtype=self.dtype)
         for index, name in enumerate(self.signature.names):
             out[:, index] = batch.columns[name]
         return out

@@ -49,8 +49,9 @@ def concat(batches: list[Batch], signature: Signature) -> Batch:
     if len(batches) == 1:
         return batches[0]
     rows = sum(b.rows for b in batches)
-    if all(b.matrix is not None for b in batches):
-        return Batch(rows=rows, matrix=np.vstack([b.matrix for b in batches]))
+    matrices = [b.matrix for b in batches if b.matrix is not None]
+    if len(matrices) == len(batches):
+        return Batch(rows=rows, matrix=np.vstack(matrices))
     columns = {name: np.concatenate([b.column(signature, name) for b in batches]) for name in signature.names}
     return Batch(rows=rows, columns=columns)
 

@@ -410,18 +410,19 @@ def forest_methods(forest: Any) -> dict[str, Method]:
     def mean_over_trees(matrix: np.ndarray) -> np.ndarray:
         # cumsum along the trees adds them one after another from the first, as sklearn's
         # accumulation into a zeroed array does: the same sums in the same order.
-        total = np.cumsum(table[leaves(matrix)], axis=0)[-1]
+        total: np.ndarray = np.cumsum(table[leaves(matrix)], axis=0)[-1]
         total /= count
         return total
 
     if classifier:
-        classes = forest.classes_
+        classes = np.asarray(forest.classes_)
 
         def predict_proba(matrix: np.ndarray) -> np.ndarray:
             return mean_over_trees(matrix)
 
         def predict(matrix: np.ndarray) -> np.ndarray:
-            return classes.take(np.argmax(mean_over_trees(matrix), axis=1), axis=0)
+            indices: np.ndarray = np.argmax(mean_over_trees(matrix), axis=1)
+            return classes.take(indices, axis=0)
 
         return {"predict": predict, "predict_proba": predict_proba}
 
@@ -445,11 +446,11 @@ def logistic_methods(model: Any) -> dict[str, Method]:
         raise NotCompilable(f"{type(model).__name__} is not a LogisticRegression")
     coef_t = np.asarray(model.coef_).T
     intercept = np.asarray(model.intercept_)
-    classes = model.classes_
+    classes = np.asarray(model.classes_)
     binary = len(classes) <= 2
 
     def decision_function(matrix: np.ndarray) -> np.ndarray:
-        scores = matrix @ coef_t + intercept
+        scores: np.ndarray = matrix @ coef_t + intercept
         return scores.reshape(-1) if scores.shape[1] == 1 else scores
 
     def predict(matrix: np.ndarray) -> np.ndarray:
@@ -462,7 +463,8 @@ def logistic_methods(model: Any) -> dict[str, Method]:
         if binary:
             positive = expit(scores, out=scores)
             return np.stack([1 - positive, positive], axis=1)
-        return softmax(scores, copy=False)
+        probabilities: np.ndarray = softmax(scores, copy=False)
+        return probabilities
 
     return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
 
@@ -538,8 +540,8 @@ def probe_batches(signature: Signature, rows: int = 48, seed: int = 0) -> list[B
             spread = max(abs(int(example)), 1)
             data = int(example) + rng.integers(-spread, spread + 1, rows)
         else:
-            spread = abs(float(example)) + 1.0
-            data = float(example) + rng.normal(0, spread, rows)
+            scale = abs(float(example)) + 1.0
+            data = float(example) + rng.normal(0, scale, rows)
         if column.nullable:
             data = data.astype(np.float64) if column.datatype in (FP64, INT64) else data.astype(object)
             data[rng.random(rows) < 0.2] = np.nan

@@ -153,10 +153,11 @@ class Window:
         numeric = [i for i, w in enumerate(self.watched) if w.edges is not None]
         self._numeric = np.asarray(numeric, dtype=np.intp)
         self._numeric_positions = [signature.names.index(self.watched[i].column.name) for i in numeric]
-        width = max((len(self.watched[i].edges) for i in numeric), default=0)
+        numeric_edges = [w.edges for w in self.watched if w.edges is not None]
+        width = max((len(edges) for edges in numeric_edges), default=0)
         self._edges = np.full((len(numeric), width), np.inf)
-        for row, i in enumerate(numeric):
-            self._edges[row, : len(self.watched[i].edges)] = self.watched[i].edges
+        for row, edges in enumerate(numeric_edges):
+            self._edges[row, : len(edges)] = edges
         self._missing_bins = np.asarray([len(self.watched[i].reference) - 1 for i in numeric], dtype=np.intp)
         self._categorical = [i for i, w in enumerate(self.watched) if w.edges is None]
         self._published = np.full_like(self.counts, -1)  # the first publish writes every bin

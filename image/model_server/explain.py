@@ -31,6 +31,10 @@ OUTPUTS = (CONTRIBUTIONS, BASELINE)
 SUPPORTED = "linear models (LinearRegression, Ridge, LogisticRegression, ...) and RandomForest/ExtraTrees/DecisionTree"
 
 
+# final estimator input (rows, k) -> (contributions (rows, k), baseline (rows,), explained value (rows,))
+Decompose = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 class NotExplainable(Exception):
     """This estimator has no exact decomposition here."""
 
@@ -39,8 +43,7 @@ class NotExplainable(Exception):
 class Explainer:
     explains: str  # what the baseline and contributions add up to, for the output's parameters
     method: str
-    # final estimator input (rows, k) -> (contributions (rows, k), baseline (rows,), explained value (rows,))
-    decompose: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    decompose: Decompose
     origins: np.ndarray  # encoded column -> signature column
     columns: int
 
@@ -69,7 +72,7 @@ def _label(value: Any) -> str:
 # ---- linear ------------------------------------------------------------------------------------------
 
 
-def linear(model: Any, reference: np.ndarray) -> tuple[str, Callable]:
+def linear(model: Any, reference: np.ndarray) -> tuple[str, Decompose]:
     from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
 
     coef = np.asarray(getattr(model, "coef_", None))
@@ -130,7 +133,7 @@ def _prepare(tree: Any, width: int) -> _Tree:
     return _Tree(tree, parent, feature_of_parent, np.asarray(tree.value)[:, 0, :width])
 
 
-def trees(model: Any) -> tuple[str, Callable]:
+def trees(model: Any) -> tuple[str, Decompose]:
     from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
     from sklearn.tree import BaseDecisionTree
 

@@ -13,12 +13,22 @@ only in the loop's next iteration, after the poll, so every connection with a re
 one turn per iteration: round robin across the worker's connections.
 """
 
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
 import gevent
+
+if TYPE_CHECKING:
+    from gunicorn.http.message import Request
+    from gunicorn.http.wsgi import Response
+    from gunicorn.workers.base import Worker
 
 # Any positive delay means "after the next poll"; the smallest one adds no measurable wait.
 _NEXT_LOOP_ITERATION_S = 1e-6
 
 
-def yield_to_other_connections(worker, req, environ, resp) -> None:
+def yield_to_other_connections(worker: Worker, req: Request, environ: MutableMapping[str, Any], resp: Response) -> None:
     """post_request hook: let every other ready connection of this worker go first."""
     gevent.sleep(_NEXT_LOOP_ITERATION_S)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import Counter, Histogram
 
 from . import metrics
 from .logs import REQUEST_ID_ENVIRON_KEY
@@ -19,8 +22,6 @@ from .logs import REQUEST_ID_ENVIRON_KEY
 ROUTE_ENVIRON_KEY = "model_server.route"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def request_id(incoming: str) -> str:
@@ -31,13 +32,13 @@ def request_id(incoming: str) -> str:
 class Observability:
     """Echoes or assigns X-Request-ID and records each request's route, method, status and latency."""
 
-    def __init__(self, app: WSGIApp) -> None:
+    def __init__(self, app: WSGIApplication) -> None:
         self.app = app
         # Label children cached per (route, method, status): labels() costs a locked lookup per call.
         # Routes come from the URL map and methods from a fixed set, so clients cannot grow the series.
-        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         environ[REQUEST_ID_ENVIRON_KEY] = rid

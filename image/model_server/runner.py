@@ -79,7 +79,8 @@ def linear_fast_predictor(model: Any, width: int) -> Method | None:
     intercept = model.intercept_
 
     def predict(matrix: np.ndarray) -> np.ndarray:
-        return matrix @ coef + intercept
+        values: np.ndarray = matrix @ coef + intercept
+        return values
 
     probe = np.random.default_rng(0).normal(size=(17, width))
     return predict if np.array_equal(predict(probe), model.predict(probe)) else None

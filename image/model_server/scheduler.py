@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +33,10 @@ from . import columns, metrics
 from .columns import Batch
 from .errors import Overloaded
 from .runner import ModelRunner
+
+if TYPE_CHECKING:
+    from gevent import Greenlet
+    from gevent.event import AsyncResult, Event
 
 log = logging.getLogger("model_server.scheduler")
 
@@ -49,7 +53,7 @@ class Job:
     runner: ModelRunner
     batch: Batch
     outputs: tuple[str, ...]
-    done: Any  # gevent.event.AsyncResult
+    done: AsyncResult[dict[str, np.ndarray]]
     queued_at: float = field(default_factory=time.perf_counter)
     abandoned: bool = False  # the client's greenlet gave up waiting (a deadline fired): skip it
 
@@ -88,8 +92,8 @@ class Scheduler:
         self.max_batch_rows = max_batch_rows
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
-        self._wake: Any = None
-        self._executor: Any = None
+        self._wake: Event | None = None
+        self._executor: Greenlet[[Event], None] | None = None
 
     def admit(self) -> None:
         """Refuse at once (Overloaded) when the queue is full: called before a request's body is read or
@@ -108,31 +112,35 @@ class Scheduler:
         self.admit()
         from gevent.event import AsyncResult
 
-        self._start()
+        wake = self._start()
         job = Job(runner, batch, outputs, AsyncResult())
         self._queue.append(job)
-        self._wake.set()
+        wake.set()
         try:
-            return job.done.get()
+            result = job.done.get()
         except BaseException:
             job.abandoned = True  # a deadline or a kill: the executor will not compute it
             raise
+        assert result is not None  # the executor sets every job's outputs or its exception
+        return result
 
-    def _start(self) -> None:
-        if self._executor is None or self._executor.dead:
+    def _start(self) -> Event:
+        """The executor's wake-up event, the executor started first where it is not running."""
+        if self._wake is None or self._executor is None or self._executor.dead:
             import gevent
             from gevent.event import Event
 
             self._wake = Event()
-            self._executor = gevent.spawn(self._serve)
+            self._executor = gevent.spawn(self._serve, self._wake)
+        return self._wake
 
-    def _serve(self) -> None:
+    def _serve(self, wake: Event) -> None:
         import gevent
 
         while True:
             if not self._queue:
-                self._wake.clear()
-                self._wake.wait()
+                wake.clear()
+                wake.wait()
                 continue
             if self.max_batch_delay_s and self._queue_rows() < self.max_batch_rows:
                 # Let company arrive, but no request waits longer than the delay in all.

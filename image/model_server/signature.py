@@ -153,10 +153,13 @@ def _distribution(raw: Any, name: str, where: str) -> dict[str, Any] | None:
     """A column's recorded training distribution, checked enough that drift arithmetic cannot fail on it."""
     if raw is None:
         return None
-    proportions = raw.get("proportions") if isinstance(raw, dict) else None
-    bins = raw.get("edges", raw.get("categories")) if isinstance(raw, dict) else None
+    malformed = ArtifactError(f"{where}: input '{name}' has a malformed distribution")
+    if not isinstance(raw, dict):
+        raise malformed
+    proportions = raw.get("proportions")
+    bins = raw.get("edges", raw.get("categories"))
     if not (isinstance(proportions, list) and isinstance(bins, list) and isinstance(raw.get("missing"), float | int)):
-        raise ArtifactError(f"{where}: input '{name}' has a malformed distribution")
+        raise malformed
     expected = len(bins) + 1 if "edges" in raw else len(bins)
     if len(proportions) != expected or ("categories" in raw and not isinstance(raw.get("other"), float | int)):
         raise ArtifactError(

@@ -55,7 +55,7 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and not math.isfinite(a):
         return False
-    return a == b
+    return bool(a == b)
 
 
 def expected_from(directory: Path, rows: list[list[Any]], output: str) -> list[Any]:
@@ -68,7 +68,8 @@ def expected_from(directory: Path, rows: list[list[Any]], output: str) -> list[A
     loaded = artifact.load(directory, trust_pickle=settings.trust_pickle, trusted_types=settings.trusted_types)
     runner = ModelRunner(loaded.model, loaded.signature)
     batch = columns.Batch(rows=len(rows), columns=columns.columns_from_rows(rows, loaded.signature, "rows"))
-    return runner.run(batch, (output,))[output].tolist()
+    values: list[Any] = runner.run(batch, (output,))[output].tolist()
+    return values
 
 
 def wait_ready(base: str, seconds: float) -> None:

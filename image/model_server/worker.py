@@ -33,6 +33,7 @@ from gevent.event import Event
 from gevent.pool import Group
 from gevent.server import StreamServer
 from gunicorn import http, util
+from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.ggevent import GeventWorker
 
 from . import metrics
@@ -68,6 +69,12 @@ _OVER_CAPACITY = _plain_response(
 _HEADER_TIMEOUT = _plain_response("408 Request Timeout", b"the request headers did not arrive in time")
 
 
+def _quiet_timeout(seconds: float) -> gevent.Timeout:
+    """A deadline that, when it passes, ends its ``with`` block quietly instead of raising."""
+    # gevent documents False as the silent exception; its stub admits only exceptions.
+    return gevent.Timeout(seconds, False)  # type: ignore[arg-type]
+
+
 class _Server(StreamServer):
     def do_read(self) -> Any:
         try:
@@ -98,9 +105,12 @@ class ModelServerWorker(GeventWorker):
     def run(self) -> None:
         servers = []
         for listener in self.sockets:
-            listener.setblocking(1)
+            listener.setblocking(True)
             # spawn into a Group, not a Pool: accepting never stops; the cap is enforced per connection.
-            server = _Server(listener, handle=partial(self.handle, listener), spawn=self.connections.spawn)
+            # type: ignore: mypy cannot match Group.spawn's ParamSpec signature to the stub's spawn protocol.
+            server = _Server(  # type: ignore[call-overload]
+                listener, handle=partial(self.handle, listener), spawn=self.connections.spawn
+            )
             if self.cfg.workers > 1:
                 # gunicorn takes one connection per loop turn so workers share them evenly; a few keep
                 # a burst of new connections from waiting many busy turns in the backlog.
@@ -144,7 +154,7 @@ class ModelServerWorker(GeventWorker):
                 self.handle_request(listener_name, req, client, addr)
                 if not self.cfg.keepalive:
                     return
-        except http.errors.NoMoreData:
+        except NoMoreData:
             self.log.debug("client closed the connection")
         except StopIteration:
             pass
@@ -164,7 +174,7 @@ class ModelServerWorker(GeventWorker):
             # Keep-alive: the usual idle limit. While draining too (capped by the graceful deadline): a
             # client still using the connection sends within it and is answered with Connection: close.
             limit = min(self.cfg.keepalive, max(0.0, self.drain_deadline - time.monotonic()))
-        with gevent.Timeout(limit, False):
+        with _quiet_timeout(limit):
             return next(parser)
         return None
 
@@ -182,7 +192,7 @@ class ModelServerWorker(GeventWorker):
                 metrics.shed("connections").inc()
                 return
             line = b""
-            with gevent.Timeout(OVER_CAP_GRACE_S, False):
+            with _quiet_timeout(OVER_CAP_GRACE_S):
                 line = client.recv(1024, socket.MSG_PEEK)
             parts = line.split(b" ", 2)
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1].startswith(PROBE_PATHS):
