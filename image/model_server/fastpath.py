@@ -11,18 +11,18 @@ else (other routes, other methods, so 405s too) goes to Flask unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import orjson
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map
 
 from . import v2
-from .errors import BadRequest, ClientError
+from .errors import ClientError
 from .middleware import ROUTE_ENVIRON_KEY
-from .routes import Handler, status_and_message
+from .routes import Handler, read_body, status_and_message
 
 log = logging.getLogger("model_server.fastpath")
 
@@ -49,7 +49,7 @@ class PredictionFastPath:
 
     def __init__(
         self,
-        app: Any,
+        app: WSGIApplication,
         url_map: Map,
         handlers: dict[str, Handler],
         max_body_bytes: int,
@@ -65,9 +65,9 @@ class PredictionFastPath:
         # PATH_INFO -> (handler, rule, URL args) of prediction routes already matched: matching
         # costs ~20 us, a dict lookup well under one. Only the method (POST) and the path decide a
         # match here (the map has no host or subdomain rules), so the path alone is the key.
-        self._matches: dict[str, tuple[Handler, str, dict[str, Any]]] = {}
+        self._matches: dict[str, tuple[Handler, str, Mapping[str, str | None]]] = {}
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         path = environ.get("PATH_INFO", "")
@@ -86,7 +86,7 @@ class PredictionFastPath:
         environ[ROUTE_ENVIRON_KEY] = route
         try:
             self.admit()
-            raw = self._read_body(environ)
+            raw = read_body(environ, self.max_body_bytes)
             content_type = environ.get("CONTENT_TYPE", "")
             mimetype = content_type.split(";", 1)[0].strip().lower()
             body, headers = handler(raw, mimetype, environ.get(_BINARY_HEADER_KEY), args)
@@ -98,21 +98,3 @@ class PredictionFastPath:
             status, headers, body = _error(*status_and_message(exc))
         start_response(status, headers)
         return [body]
-
-    def _read_body(self, environ: dict[str, Any]) -> bytes:
-        stream = environ["wsgi.input"]
-        length = environ.get("CONTENT_LENGTH")
-        if length:
-            try:
-                size = int(length)
-            except ValueError:
-                raise BadRequest(f"Content-Length {length!r} is not a number") from None
-            if size > self.max_body_bytes:
-                raise RequestEntityTooLarge()
-            return stream.read(size) if size else b""
-        if not environ.get("wsgi.input_terminated"):
-            return b""  # no length and no terminated stream: WSGI says there is no body to read
-        data = stream.read(self.max_body_bytes + 1)  # chunked: read one byte past the limit to detect it
-        if len(data) > self.max_body_bytes:
-            raise RequestEntityTooLarge()
-        return data

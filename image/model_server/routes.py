@@ -9,12 +9,14 @@ shell: the only one that turns a ClientError into a status.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from wsgiref.types import WSGIEnvironment
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
+from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import __version__, drift, explain, jsonbody, metrics, openapi, v1, v2
 from .config import Settings
@@ -27,7 +29,7 @@ _JSON_TYPES = ("", "application/json")
 
 # A prediction handler: (raw body, mimetype, V2 binary header, URL args) -> (body, headers).
 Prediction = tuple[bytes, list[tuple[str, str]]]
-Handler = Callable[[bytes, str, "str | None", dict[str, "str | None"]], Prediction]
+Handler = Callable[[bytes, str, "str | None", Mapping[str, "str | None"]], Prediction]
 
 
 def decode_body(raw: bytes, mimetype: str, binary_header: str | None) -> tuple[object, bytes]:
@@ -60,10 +62,33 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(dumps(payload), status=status, mimetype="application/json")
 
 
-def _flask_prediction(handler: Handler, binary: bool = False, **args: str | None) -> Response:
+def read_body(environ: WSGIEnvironment, max_body_bytes: int) -> bytes:
+    """The request body, or RequestEntityTooLarge past ``max_body_bytes``. Both the Flask views and the
+    fast path read it here, so they answer alike.
+
+    Werkzeug's own pieces decide: ``get_content_length`` reads the headers (none when absent or chunked;
+    0 when malformed or negative) and ``LimitedStream`` reads (a body that ends short of its length is
+    ClientDisconnected, 400). One difference from ``request.get_data``: a chunked body past the limit
+    is refused, where Werkzeug's read stops at the limit and returns the body cut short.
+    """
+    length = get_content_length(environ)
+    stream = environ["wsgi.input"]
+    if length is not None:
+        if length > max_body_bytes:
+            raise RequestEntityTooLarge()
+        return LimitedStream(stream, length).read()
+    if "wsgi.input_terminated" not in environ:
+        return b""  # no length and a stream the server does not end: WSGI says there is no body to read
+    data = LimitedStream(stream, max_body_bytes + 1, is_max=True).read()  # one byte past the limit tells
+    if len(data) > max_body_bytes:
+        raise RequestEntityTooLarge()
+    return data
+
+
+def _flask_prediction(handler: Handler, max_body_bytes: int, binary: bool = False, **args: str | None) -> Response:
     """A prediction handler run from Flask (the fast path in fastpath.py runs the same handler)."""
     header = request.headers.get(v2.BINARY_HEADER) if binary else None
-    body, headers = handler(request.get_data(cache=False), request.mimetype, header, args)
+    body, headers = handler(read_body(request.environ, max_body_bytes), request.mimetype, header, args)
     return Response(body, headers=headers)
 
 
@@ -104,8 +129,8 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         holder.require(name, version)
         return json_response({"name": holder.name, "ready": True})
 
-    def infer_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
-        served = holder.require(args["name"], args.get("version"))
+    def infer_handler(raw: bytes, mimetype: str, header: str | None, args: Mapping[str, str | None]) -> Prediction:
+        served = holder.require(args["name"] or "", args.get("version"))
         runner = served.runner
         body, binary = decode_body(raw, mimetype, header)
         parsed = v2.parse_request(
@@ -130,7 +155,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
     @app.post("/v2/models/<model:name>/infer")
     @app.post("/v2/models/<model:name>/versions/<model:version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
-        return _flask_prediction(infer_handler, binary=True, name=name, version=version)
+        return _flask_prediction(infer_handler, settings.max_body_bytes, binary=True, name=name, version=version)
 
     # ---- KServe V1 ----------------------------------------------------------------------
     @app.get("/v1/models")
@@ -142,7 +167,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
         holder.require(name)
         return json_response({"name": holder.name, "ready": True})
 
-    def v1_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
+    def v1_handler(raw: bytes, mimetype: str, header: str | None, args: Mapping[str, str | None]) -> Prediction:
         # /predict names no model: it is the loaded one.
         served = holder.require(args.get("name") or holder.name)
         runner = served.runner
@@ -155,9 +180,9 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
-        return _flask_prediction(v1_handler, name=name)
+        return _flask_prediction(v1_handler, settings.max_body_bytes, name=name)
 
-    def explain_handler(raw: bytes, mimetype: str, header: str | None, args: dict[str, str | None]) -> Prediction:
+    def explain_handler(raw: bytes, mimetype: str, header: str | None, args: Mapping[str, str | None]) -> Prediction:
         served = holder.require(args["name"] or "")
         runner = served.runner
         body, _ = decode_body(raw, mimetype, None)
@@ -171,11 +196,11 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     @app.post("/v1/models/<model:name>:explain")
     def explain_v1(name: str) -> Response:
-        return _flask_prediction(explain_handler, name=name)
+        return _flask_prediction(explain_handler, settings.max_body_bytes, name=name)
 
     @app.post("/predict")
     def predict_alias() -> Response:
-        return _flask_prediction(v1_handler)
+        return _flask_prediction(v1_handler, settings.max_body_bytes)
 
     # ---- Operations -------------------------------------------------------------------
     @app.get("/metrics")

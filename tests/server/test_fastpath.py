@@ -7,7 +7,7 @@ import orjson
 import pytest
 from model_server.app import create_app
 from model_server.middleware import Observability
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from .conftest import ROWS, make_settings
 from .test_routes import JSON, v2_request
@@ -63,6 +63,48 @@ def test_fast_path_answers_as_flask_does(stacks, path, body, headers):
     assert got.get_data() == want.get_data()
     for header in ("Content-Type", "Content-Length", "X-Request-ID", "Inference-Header-Content-Length"):
         assert got.headers.get(header) == want.headers.get(header), header
+
+
+PREDICTION = orjson.dumps({"instances": ROWS.tolist()})
+CHUNKED = {"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": None}
+# WSGI environs as servers hand them over, past what the test client would send or correct: how the
+# body's length is given (or not), and whether the server ends the stream itself (gunicorn does).
+FRAMING = {
+    "non-numeric Content-Length": (PREDICTION, {"CONTENT_LENGTH": "twelve"}, 400),  # read as 0: no body
+    "negative Content-Length": (PREDICTION, {"CONTENT_LENGTH": "-5"}, 400),  # read as 0: no body
+    "chunked, stream ended by the server": (PREDICTION, {**CHUNKED, "wsgi.input_terminated": True}, 200),
+    "chunked, stream not ended by the server": (PREDICTION, CHUNKED, 400),  # WSGI: no body to read
+    "chunked past the body limit": (b" " * 70000, {**CHUNKED, "wsgi.input_terminated": True}, 413),
+    "chunked with a Content-Length": (PREDICTION, {"CONTENT_LENGTH": "5", "HTTP_TRANSFER_ENCODING": "chunked"}, 400),
+    "body shorter than its Content-Length": (PREDICTION, {"CONTENT_LENGTH": str(len(PREDICTION) + 10)}, 400),
+    "Content-Length past the body limit": (PREDICTION, {"CONTENT_LENGTH": "70000"}, 413),
+}
+
+
+def _environ(body: bytes, overrides: dict[str, object]) -> dict[str, object]:
+    builder = EnvironBuilder(path="/predict", method="POST", data=body, headers={**JSON, "X-Request-ID": "same-id"})
+    out = builder.get_environ()
+    for key, value in overrides.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize(("body", "overrides", "status"), FRAMING.values(), ids=FRAMING.keys())
+def test_fast_path_reads_bodies_as_flask_does(stacks, body, overrides, status):
+    fast, flask_only, flask_calls = stacks
+    got_body, got_status, got_headers = run_wsgi_app(fast.application, _environ(body, overrides), buffered=True)
+    assert flask_calls == [], "the prediction was answered without entering Flask"
+    want_body, want_status, want_headers = run_wsgi_app(
+        flask_only.application, _environ(body, overrides), buffered=True
+    )
+    assert flask_calls == [1]
+    assert int(got_status[:3]) == status
+    assert (got_status, b"".join(got_body)) == (want_status, b"".join(want_body))
+    for header in ("Content-Type", "Content-Length", "X-Request-ID"):
+        assert got_headers.get(header) == want_headers.get(header), header
 
 
 @pytest.mark.parametrize(
