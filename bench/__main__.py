@@ -20,9 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import EXPLAIN, IMAGE, ROOT, Sample, Server, choose, run_wrk
+from msops import local
 
-BENCH_VENV = ROOT / ".venv-bench"
+from bench.harness import EXPLAIN, ROOT, Sample, Server, choose, peer, run_wrk
+
 # kind -> (the name it is served under, how to train it with model_server.train)
 MODELS = {
     "linear": ("diabetes", {}),
@@ -41,18 +42,14 @@ SHAPES |= {f"{kind + '-' if kind != 'linear' else ''}explain-1": (kind, EXPLAIN,
 
 def _ours(name: str, args: argparse.Namespace, model: Model, scratch: Path, extra: dict[str, str]) -> Server:
     """This server with its production gunicorn config; ``extra`` overrides settings."""
+    launch = local.model_server(
+        0, scratch / f"metrics-{name}-{model.kind}", model.directory, MODEL_SERVER_WORKERS=str(args.workers), **extra
+    )
     return Server(
         name,
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-        {
-            "HOST": "127.0.0.1",
-            "PORT": "0",
-            "MODEL_SERVER_MODEL_DIR": str(model.directory),
-            "MODEL_SERVER_WORKERS": str(args.workers),
-            "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}-{model.kind}"),
-            **extra,
-        },
-        IMAGE,
+        launch.command,
+        launch.env,
+        launch.cwd,
         0,
         protocols=("v1", "v2", EXPLAIN),
         model=model.name,
@@ -82,38 +79,24 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
         "naive": Server(
             "naive",
             [python, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "sync", "bench.naive:app"],
-            {"MODEL_SERVER_MODEL_DIR": str(model.directory), "PYTHONPATH": f"{IMAGE}:{ROOT}"},
+            {"MODEL_SERVER_MODEL_DIR": str(model.directory)},
             ROOT,
             0,
             **served,
         ),
     }
-    kserve_python = BENCH_VENV / "kserve" / "bin" / "python"
-    if kserve_python.exists():
+    kserve = peer("kserve")
+    if kserve:
         candidates["kserve"] = Server(
-            "kserve",
-            [str(kserve_python), "-m", "bench.kserve_server", "--workers", str(args.workers), *peer_args],
-            {"PYTHONPATH": str(ROOT)},
-            ROOT,
-            0,
-            columnar_v1=True,
-            **served,
+            "kserve", [*kserve, "--workers", str(args.workers), *peer_args], {}, ROOT, 0, columnar_v1=True, **served
         )
-    mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
-    if mlserver_python.exists():
+    mlserver = peer("mlserver")
+    if mlserver:
+        workdir = str(scratch / f"mlserver-{model.kind}")
         candidates["mlserver"] = Server(
             "mlserver",
-            [
-                str(mlserver_python),
-                "-m",
-                "bench.mlserver_server",
-                "--workers",
-                str(args.workers),
-                "--workdir",
-                str(scratch / f"mlserver-{model.kind}"),
-                *peer_args,
-            ],
-            {"PYTHONPATH": str(ROOT)},
+            [*mlserver, "--workers", str(args.workers), "--workdir", workdir, *peer_args],
+            {},
             ROOT,
             0,
             protocols=("v2",),
@@ -233,7 +216,7 @@ def drift_costs(
         with tempfile.TemporaryDirectory(prefix="bench-drift-") as metrics_dir:
             measured = subprocess.run(
                 [sys.executable, "-m", "bench.drift_cost", str(model.directory), str(rows), str(per_publish)],
-                env={**os.environ, "PYTHONPATH": f"{IMAGE}{os.pathsep}{ROOT}", "PROMETHEUS_MULTIPROC_DIR": metrics_dir},
+                env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir},
                 capture_output=True, text=True, check=True, cwd=ROOT,
             )  # fmt: skip
         cost = float(measured.stdout)
@@ -303,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.delay_ms <= 1000:
         parser.error("--delay-ms must be 0..1000")
 
-    sys.path.insert(0, str(IMAGE))
     shapes = args.shapes.split(",")
     kinds = list(dict.fromkeys(SHAPES[shape][0] for shape in shapes))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch_name:

@@ -19,9 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.harness import IMAGE, ROOT, Sample, Server, choose, run_wrk
+from msops import local
 
-BENCH_VENV = ROOT / ".venv-bench"
+from bench.harness import ROOT, Sample, Server, choose, peer, run_wrk
+
 TREES = 200
 MLSERVER_BATCH = ("32", "0.005")
 
@@ -29,18 +30,13 @@ MLSERVER_BATCH = ("32", "0.005")
 def _ours(
     name: str, directory: Path, scratch: Path, workers: int, batch_size: str | None, compiled: bool = True
 ) -> Server:
-    env = {
-        "HOST": "127.0.0.1",
-        "MODEL_SERVER_MODEL_DIR": str(directory),
-        "MODEL_SERVER_WORKERS": str(workers),
-        "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{name}"),
-    }
+    settings = {"MODEL_SERVER_WORKERS": str(workers)}
     if batch_size is not None:
-        env["MODEL_SERVER_MAX_BATCH_SIZE"] = batch_size
+        settings["MODEL_SERVER_MAX_BATCH_SIZE"] = batch_size
     if not compiled:
-        env["MODEL_SERVER_COMPILED"] = "false"
-    return Server(name, [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], env, IMAGE, 0,
-                  model="penguins-forest", kind="forest")  # fmt: skip
+        settings["MODEL_SERVER_COMPILED"] = "false"
+    launch = local.model_server(0, scratch / f"metrics-{name}", directory, **settings)
+    return Server(name, launch.command, launch.env, launch.cwd, 0, model="penguins-forest", kind="forest")
 
 
 def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path, workers: int) -> list[Server]:
@@ -56,14 +52,14 @@ def servers(names: list[str], directory: Path, joblib_file: Path, scratch: Path,
         # request. No batching of the forest can go past it.
         "ours-ceiling": _ours("ours-ceiling", directory.with_name("cheap"), scratch, workers, "64"),
     }
-    mlserver_python = BENCH_VENV / "mlserver" / "bin" / "python"
-    if mlserver_python.exists():
+    mlserver = peer("mlserver")
+    if mlserver:
         candidates["mlserver-batching"] = Server(
             "mlserver-batching",
-            [str(mlserver_python), "-m", "bench.mlserver_server", "--workers", str(workers), "--workdir",
-             str(scratch / "mlserver"), "--model-file", str(joblib_file), "--name", "penguins-forest",
-             "--max-batch-size", MLSERVER_BATCH[0], "--max-batch-time", MLSERVER_BATCH[1]],
-            {"PYTHONPATH": str(ROOT)}, ROOT, 0, protocols=("v2",), model="penguins-forest", kind="forest",
+            [*mlserver, "--workers", str(workers), "--workdir", str(scratch / "mlserver"), "--model-file",
+             str(joblib_file), "--name", "penguins-forest", "--max-batch-size", MLSERVER_BATCH[0],
+             "--max-batch-time", MLSERVER_BATCH[1]],
+            {}, ROOT, 0, protocols=("v2",), model="penguins-forest", kind="forest",
         )  # fmt: skip
     return choose(candidates, names)
 
@@ -197,7 +193,6 @@ def main(argv: list[str]) -> int:
     if not all(1 <= c <= 256 for c in levels) or not 1 <= args.rounds <= 20 or not 1 <= args.duration <= 120:
         parser.error("--concurrency values must be 1..256, --rounds 1..20 and --duration 1..120")
 
-    sys.path.insert(0, str(IMAGE))
     import joblib
     from model_server import artifact, train
 

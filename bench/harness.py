@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,24 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_server.train import DIABETES_ROWS
+from msops.local import free_port, rss_mib
+
 ROOT = Path(__file__).resolve().parents[1]
-IMAGE = ROOT / "image"
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 EXPLAIN = "v2-explain"  # the V2 route, asking for contributions and baseline beside predict
-ROW = [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017]
+ROW = DIABETES_ROWS[0]
+# The peers: each in its own virtualenv (scripts/bench --install-peers), running a standalone script
+# from bench/peers that imports only what that peer installs.
+BENCH_VENV = ROOT / ".venv-bench"
+PEERS = ROOT / "bench" / "peers"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def peer(name: str) -> list[str] | None:
+    """The command starting peer ``name`` (kserve, mlserver) with its own interpreter; None when the
+    peer is not installed."""
+    python = BENCH_VENV / name / "bin" / "python"
+    return [str(python), str(PEERS / f"{name}_server.py")] if python.exists() else None
 
 
 def choose(candidates: dict[str, Server], names: list[str]) -> list[Server]:
@@ -41,8 +47,11 @@ def choose(candidates: dict[str, Server], names: list[str]) -> list[Server]:
         server.env["PORT"] = str(server.port)
         if name == "naive":
             server.command += ["--bind", f"127.0.0.1:{server.port}"]
-        elif name.startswith(("kserve", "mlserver")):
+        elif name.startswith("kserve"):
             server.command += ["--port", str(server.port)]
+        elif name.startswith("mlserver"):  # it also listens for gRPC and metrics, on ports of their own
+            server.command += ["--port", str(server.port), "--grpc-port", str(free_port())]
+            server.command += ["--metrics-port", str(free_port())]
         chosen.append(server)
     return chosen
 
@@ -203,16 +212,7 @@ class Server:
         return ticks
 
     def rss_mib(self) -> list[float]:
-        sizes = []
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            match = re.search(r"VmRSS:\s+(\d+) kB", status)
-            if match:
-                sizes.append(int(match.group(1)) / 1024)
-        return sizes
+        return rss_mib(self.pids())
 
 
 @dataclass

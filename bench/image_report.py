@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
+from msops.container import Container
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "image")]
-
-import requests  # noqa: E402
-
-from tests.image.container import Container  # noqa: E402 - after the path set-up
 
 # pandas (models fitted on DataFrames) moved it from 350; stripped extension modules gave 11 MB back.
 BUDGET_MB = 380

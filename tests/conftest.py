@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from msops import local
+from msops.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_DIR = ROOT / "image"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def require_tools(*names: str, install: str) -> None:
+    """Skip the calling test when a tool it runs is not on PATH; under CI=true fail instead: there
+    scripts/test installs every tool first, so a missing one is a broken set-up, not a reason to skip."""
+    missing = [name for name in names if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed ({install})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}: scripts/test installs it under CI, so a skip would hide the test", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs"):
+        require_tools(*marker.args, install=marker.kwargs["install"])
 
 
 @pytest.fixture(scope="session")
@@ -42,21 +54,10 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "PYTHONPATH": str(IMAGE_DIR),
-            "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / f"metrics-{self.port}"),
-            **env,
-        }
+        launch = local.model_server(self.port, log_path.parent / f"metrics-{self.port}", **env)
         self.log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-            cwd=IMAGE_DIR,
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            launch.command, cwd=launch.cwd, env={**os.environ, **launch.env}, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def wait_live(self, timeout: float = 20.0) -> None:

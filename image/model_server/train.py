@@ -44,6 +44,14 @@ def fingerprint(*arrays: Any) -> str:
 
 # ---- diabetes: a regressor on ten numeric columns -----------------------------------------------------
 
+# Three rows of the diabetes data (its first three, rounded): the request rows of the tests, the
+# benchmark and the image checks.
+DIABETES_ROWS = (
+    (0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017),
+    (-0.001, -0.044, -0.051, -0.026, -0.008, -0.019, 0.074, -0.039, -0.068, -0.092),
+    (0.085, 0.050, 0.044, -0.005, -0.045, -0.034, -0.032, -0.002, 0.002, -0.025),
+)
+
 
 def diabetes_estimators(trees: int) -> dict[str, Callable[[], Any]]:
     from sklearn.ensemble import RandomForestRegressor

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from . import OpsError, crds, gobuild, node
+from .local import free_port
 
 STATE = Path(os.environ.get("MSOPS_CLUSTER_DIR") or gobuild.CACHE.parent / "cluster")
 NAME = "model-server-gitops"
@@ -41,12 +41,6 @@ NODE = node.Node(STATE, KUBECONFIG, PKI)
 
 def log(message: str) -> None:
     print(f"cluster: {message}", file=sys.stderr, flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +156,7 @@ def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
             "bindAddress": "127.0.0.1",
             "kubeVersion": version,
             "etcdVersion": gobuild.COMPONENTS["etcd"].version.lstrip("v"),
-            "kubeApiserverPort": _free_port(),
+            "kubeApiserverPort": free_port(),
             "kubeApiserverBinary": str(bins["kube-apiserver"]),
             "kubeControllerManagerBinary": str(bins["kube-controller-manager"]),
             "kubeSchedulerBinary": str(bins["kube-scheduler"]),
@@ -241,7 +235,7 @@ def start_flux(bins: dict[str, Path]) -> dict[str, str]:
     env = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "RUNTIME_NAMESPACE": "flux-system"}
     storage = STATE / "flux" / "storage"
     storage.mkdir(parents=True, exist_ok=True)
-    ports = {key: _free_port() for key in ("storage", "source-metrics", "source-health", "helm-metrics", "helm-health")}
+    ports = {key: free_port() for key in ("storage", "source-metrics", "source-health", "helm-metrics", "helm-health")}
     storage_addr = f"127.0.0.1:{ports['storage']}"
     common = ["--enable-leader-election=false", "--watch-all-namespaces=true", "--events-addr=", "--log-level=info"]
     log("starting Flux source-controller and helm-controller")
@@ -279,7 +273,7 @@ def start_flux(bins: dict[str, Path]) -> dict[str, str]:
 def start_node() -> None:
     """The real node (msops.node): containerd, kubelet, kube-proxy, kube-router, CoreDNS, metrics-server."""
     ports = {
-        key: _free_port()
+        key: free_port()
         for key in (
             "kubelet-health",
             "proxy-health",

@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from tests.kube import ROOT
-
 
 @pytest.mark.parametrize(
     ("argv", "message"),
@@ -24,7 +22,7 @@ from tests.kube import ROOT
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "MSOPS_CLUSTER_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "MSOPS_CLUSTER_DIR": str(tmp_path / "state")}
     done = subprocess.run(
         [sys.executable, "-m", "msops", "cluster", *argv], capture_output=True, text=True, env=env, check=False
     )
@@ -35,7 +33,7 @@ def test_bad_arguments_are_named(argv, message, tmp_path):
 
 
 def test_status_and_down_of_a_cluster_that_is_not_running(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "MSOPS_CLUSTER_DIR": str(tmp_path / "state")}
+    env = {**os.environ, "MSOPS_CLUSTER_DIR": str(tmp_path / "state")}
     status = subprocess.run(
         [sys.executable, "-m", "msops", "cluster", "status"], capture_output=True, text=True, env=env
     )

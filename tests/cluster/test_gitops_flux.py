@@ -58,7 +58,7 @@ class Remote:
             stdout=subprocess.PIPE,
             stderr=(base / "gitserver.log").open("wb"),
             text=True,
-            env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": "/usr/local/bin:/usr/bin:/bin"},
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
         )
         line = self.server.stdout.readline().strip()
         assert line.startswith("listening on http://127.0.0.1:"), line

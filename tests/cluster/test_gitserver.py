@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube import ROOT
-
 GIT = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "commit.gpgsign=false"]
 
 
@@ -31,7 +29,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": "/usr/local/bin:/usr/bin:/bin"},
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
     )
     try:
         line = server.stdout.readline().strip()

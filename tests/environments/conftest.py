@@ -53,7 +53,7 @@ def publish_chart(repo: Path, version: str, change: str = "") -> None:
 def msops(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
     """`python -m msops ARGS` against ``root`` (a scratch repository), committing as t; the result, never raising."""
     person = {f"GIT_{role}_{what}": value for role in ("AUTHOR", "COMMITTER") for what, value in WHO.items()}
-    env = {**os.environ, "MSOPS_ROOT": str(root), "PYTHONPATH": str(ROOT / "scripts"), **person}
+    env = {**os.environ, "MSOPS_ROOT": str(root), **person}
     return subprocess.run([sys.executable, "-m", "msops", *args], env=env, capture_output=True, text=True, check=False)
 
 

@@ -86,22 +86,7 @@ def header_comment(script: Path) -> str:
     return "".join(re.sub(r"^# ?", "", line) + "\n" for line in comment)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="scripts/test --help prints only lines 2-6 of its longer header (sed -n '2,6p'): "
-                "it stops mid-sentence at 'and, unless'",
-            ),
-        )
-        if name == "test"
-        else name
-        for name in ENTRY_POINTS
-    ],
-)
+@pytest.mark.parametrize("name", ENTRY_POINTS)
 def test_entry_points_are_executable_and_answer_help(name):
     path = ROOT / "scripts" / name
     assert path.stat().st_mode & 0o111
@@ -134,7 +119,6 @@ def test_ci_run_calls_the_readme_test_command():
 
 
 def test_readme_configuration_table_matches_the_settings():
-    sys.path.insert(0, str(ROOT / "image"))
     from model_server.config import FIELDS, markdown_table
 
     readme = (ROOT / "README.md").read_text()

@@ -5,17 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from model_server import artifact
+from model_server import artifact, train
 from model_server.app import create_app
 from model_server.config import Settings
 
-ROWS = np.array(
-    [
-        [0.038, 0.050, 0.061, 0.021, -0.044, -0.034, -0.043, -0.002, 0.019, -0.017],
-        [-0.001, -0.044, -0.051, -0.026, -0.008, -0.019, 0.074, -0.039, -0.068, -0.092],
-        [0.085, 0.050, 0.044, -0.005, -0.045, -0.034, -0.032, -0.002, 0.002, -0.025],
-    ]
-)
+ROWS = np.array(train.DIABETES_ROWS)
 
 
 def make_settings(model_dir: Path, **overrides: str) -> Settings:

@@ -76,7 +76,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "model_server.package", *args],
         cwd=IMAGE_DIR,
-        env={"PYTHONPATH": str(IMAGE_DIR), "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=False,

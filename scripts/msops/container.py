@@ -1,4 +1,5 @@
-"""Run the built image as a container here: buildah (chroot isolation, host network) or docker."""
+"""Run the built image as a container here: buildah (chroot isolation, host network) or docker. Used by the
+image tests and scripts/image-report."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from tests.conftest import free_port
-from tests.kube import ROOT
+from .local import free_port
+from .tools import ROOT
 
 
 def engine() -> str | None:
@@ -34,10 +36,12 @@ def build(tag: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def inspect(image: str) -> dict:
+def inspect(image: str) -> dict[str, Any]:
+    """The engine's description of ``image`` (config, layers, size)."""
     tool = "docker" if engine() == "docker" else "podman"
     out = subprocess.run([tool, "image", "inspect", image], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)[0]
+    described: dict[str, Any] = json.loads(out)[0]
+    return described
 
 
 class Container:
@@ -54,7 +58,7 @@ class Container:
         self.rootfs = Path(
             subprocess.run(["buildah", "mount", self.name], capture_output=True, text=True, check=True).stdout.strip()
         )
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.output = b""
 
     @property
@@ -69,7 +73,7 @@ class Container:
             args += ["--volume", f"{host}:{target}:ro"]
         return [*args, self.name, "--", *command]
 
-    def exec(self, command: list[str]) -> subprocess.CompletedProcess:
+    def exec(self, command: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.run_args(command), capture_output=True, text=True, check=False, timeout=120)
 
     def start(self, command: list[str]) -> None:

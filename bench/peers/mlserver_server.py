@@ -1,7 +1,8 @@
 """Seldon MLServer with its scikit-learn runtime serving the benchmark's model, for scripts/bench.
 
-Run with the peer virtualenv: .venv-bench/mlserver/bin/python -m bench.mlserver_server --port P --workers N
-    --model-file FILE.joblib --name NAME
+Run by the peer's own virtualenv, as a script (it imports only the standard library):
+    .venv-bench/mlserver/bin/python bench/peers/mlserver_server.py --port P --grpc-port G --metrics-port M
+        --workers N --model-file FILE.joblib --name NAME
 mlserver-sklearn loads the joblib file (the same fitted model the other servers serve) and decodes
 requests with MLServer's codecs: NumPy by default, pandas with ``parameters.content_type: "pd"``.
 MLServer speaks V2 only; it has no KServe V1 endpoint.
@@ -10,21 +11,16 @@ MLServer speaks V2 only; it has no KServe V1 endpoint.
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--workdir", type=Path, help="folder for the settings (default: a new temp dir)")
     parser.add_argument("--model-file", type=Path, required=True)
@@ -37,8 +33,8 @@ def main() -> None:
     settings = {
         "host": "127.0.0.1",
         "http_port": args.port,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
+        "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port,
         "metrics_dir": str(folder / "metrics"),  # MLServer's default is .metrics/ in the working directory
         "parallel_workers": args.workers,
         "debug": False,

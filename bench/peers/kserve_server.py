@@ -1,7 +1,7 @@
 """KServe's model server (PyPI kserve) serving the benchmark's model as KServe's sklearn server does.
 
-Run with the peer virtualenv: .venv-bench/kserve/bin/python -m bench.kserve_server --port P --workers N
-    --model-file FILE.joblib --name NAME
+Run by the peer's own virtualenv, as a script (it imports only what that virtualenv installs):
+    .venv-bench/kserve/bin/python bench/peers/kserve_server.py --port P --workers N --model-file FILE.joblib --name NAME
 The request and response handling is KServe's own (``get_predict_input`` / ``get_predict_response``,
 what kserve's sklearnserver calls): V1 rows as arrays, or objects as a DataFrame; V2 the first
 tensor as an array, or with ``parameters.content_type: "pd"`` every tensor as a DataFrame column.

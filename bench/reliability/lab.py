@@ -1,0 +1,82 @@
+"""What every scenario shares: a Lab (scratch directory, trained artifact, servers always stopped), the
+Result it returns, and small probes of a running server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from model_server import artifact, train
+from msops import local
+
+from bench.harness import Server, run_wrk
+
+
+@dataclass
+class Result:
+    name: str
+    passed: bool
+    figures: dict[str, object] = field(default_factory=dict)
+    note: str = ""
+
+
+class Lab:
+    """A scratch directory, a trained artifact, and servers that are always stopped."""
+
+    def __init__(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="reliability-"))
+        model, metadata = train.train()
+        self.model_dir = self.scratch / "model"
+        artifact.save(model, metadata, self.model_dir)
+        self.servers: list[Server] = []
+
+    def server(self, until: str = "prediction", **env: str) -> Server:
+        port = local.free_port()
+        launch = local.model_server(
+            port, self.scratch / f"metrics-{port}", self.model_dir, **{"MODEL_SERVER_WORKERS": "2", **env}
+        )
+        server = Server("ours", launch.command, launch.env, launch.cwd, port)
+        self.servers.append(server)
+        server.start(self.scratch, until)
+        return server
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def worker_pids(server: Server) -> list[int]:
+    return [pid for pid in server.pids() if pid != server.process.pid]
+
+
+def capacity(lab: Lab, server: Server, seconds: int = 5) -> float:
+    return run_wrk(server, "v1", 1, lab.scratch, seconds=seconds).rps
+
+
+def timed_get(url: str) -> tuple[int | str, float]:
+    started = time.perf_counter()
+    try:
+        status: int | str = requests.get(url, timeout=5).status_code
+    except requests.RequestException as exc:
+        status = type(exc).__name__
+    return status, time.perf_counter() - started
+
+
+def timed_predict(session: requests.Session, url: str) -> tuple[int | str, float]:
+    started = time.perf_counter()
+    try:
+        status: int | str = session.post(url, json={"instances": [[0.01] * 10]}, timeout=5).status_code
+    except requests.RequestException as exc:
+        status = type(exc).__name__
+    return status, time.perf_counter() - started
+
+
+def metric(server: Server, name: str) -> float:
+    text = requests.get(f"{server.base}/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))

@@ -1,0 +1,178 @@
+"""Load scenarios: sustained load near capacity, 3x overload that queues, 16x overload that sheds."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import requests
+from msops import local
+
+from bench.harness import run_wrk
+from bench.reliability.lab import Lab, Result, capacity, metric, timed_get, timed_predict, worker_pids
+
+RSS_GROWTH_BOUND = 0.10
+
+
+def sustained(lab: Lab, seconds: int = 60) -> Result:
+    """About 80 % of measured capacity, paced by wrk's per-connection delay; zero errors, bounded RSS."""
+    server = lab.server()
+    run_wrk(server, "v1", 1, lab.scratch, seconds=3)  # warm every worker before measuring anything
+    full = capacity(lab, server)
+    before = local.rss_mib(worker_pids(server))
+    connections = 16
+    target = 0.8 * full
+    # wrk is closed-loop: each connection waits delay_ms after every answer. The served rate is not
+    # a simple function of the delay (latency shrinks as load drops), so bisect on short probes.
+    low, high = 0.0, 20.0
+    for _ in range(6):
+        delay_ms = (low + high) / 2
+        probe = run_wrk(server, "v1", 1, lab.scratch, seconds=3, connections=connections, delay_ms=delay_ms)
+        low, high = (delay_ms, high) if probe.rps > target else (low, delay_ms)
+    sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=connections, delay_ms=(low + high) / 2)
+    after = local.rss_mib(worker_pids(server))
+    growth = max((a - b) / b for a, b in zip(after, before, strict=True)) if before else 0.0
+    share = sample.rps / full
+    return Result(
+        "sustained load, ~80 % of capacity",
+        # The verdict needs a real load (>= 60 % of capacity), zero errors and bounded memory; the
+        # pacing aims at 80 % but lands within ~10 % of it, so the served share is reported.
+        sample.errors == 0 and growth <= RSS_GROWTH_BOUND and share >= 0.6,
+        {
+            "capacity req/s": round(full),
+            "served req/s": round(sample.rps),
+            "share of capacity": f"{share:.0%}",
+            "seconds": seconds,
+            "requests": sample.total,
+            "errors": sample.errors,
+            "p50 ms": round(sample.p50_ms, 2),
+            "p99 ms": round(sample.p99_ms, 2),
+            "RSS per worker before MiB": [round(x) for x in before],
+            "RSS per worker after MiB": [round(x) for x in after],
+            "RSS growth": f"{growth:.1%} (bound {RSS_GROWTH_BOUND:.0%})",
+        },
+    )
+
+
+def overload(lab: Lab, seconds: int = 20) -> Result:
+    """Three times the connections capacity needs, then recovery to full speed."""
+    server = lab.server()
+    baseline = capacity(lab, server)
+    shed_before = metric(server, "model_server_shed_requests_total")
+    # 16 keep-alive connections saturate 2 workers; 3x that, each sending as fast as answered,
+    # offers three times the load the server can serve.
+    sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=48, threads=2)
+    shed = round(metric(server, "model_server_shed_requests_total") - shed_before)
+    live = requests.get(f"{server.base}/v2/health/live", timeout=5).status_code
+    after = capacity(lab, server)
+    recovered = after >= 0.9 * baseline
+    # The kernel, not the server, decides which worker accepts each of the 48 connections: now and then one
+    # worker starts with more connections than its queue holds and sheds a few until they even out.
+    return Result(
+        "overload, 3x the saturating concurrency",
+        sample.errors == shed and shed <= 0.001 * sample.total and live == 200 and recovered,
+        {
+            "capacity req/s": round(baseline),
+            "served under overload req/s": round(sample.rps),
+            "requests": sample.total,
+            "shed (503 + Retry-After)": shed,
+            "other non-2xx or socket errors": sample.errors - shed,
+            "p50 ms": round(sample.p50_ms, 2),
+            "p99 ms": round(sample.p99_ms, 2),
+            "capacity after req/s": round(after),
+        },
+        "3x is within what the workers' queues (MODEL_SERVER_MAX_QUEUE each) absorb: every answer is a 200, "
+        "except at most 0.1 % shed while the kernel has handed one worker more connections than its queue "
+        "holds. Past it the server sheds (the 16x scenario).",
+    )
+
+
+def _status_script(scratch: Path) -> Path:
+    """wrk's own body script plus per-status counts, printed at the end."""
+    from bench.harness import wrk_script
+
+    script = scratch / "statuses.lua"
+    script.write_text(
+        wrk_script(scratch, "v1", 1).read_text() + "local threads = {}\n"
+        "function setup(thread) table.insert(threads, thread) end\n"
+        "function init(args) statuses = {} end\n"
+        "function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end\n"
+        "function done(summary, latency, requests)\n"
+        "  local total = {}\n"
+        "  for _, t in ipairs(threads) do\n"
+        "    for k, v in pairs(t:get('statuses')) do total[k] = (total[k] or 0) + v end\n"
+        "  end\n"
+        "  for k, v in pairs(total) do io.write(string.format('status %d %d\\n', k, v)) end\n"
+        "end\n"
+    )
+    return script
+
+
+def overload_16x(lab: Lab, seconds: int = 15) -> Result:
+    """16 times the benchmark's concurrency: only 200s and fast 503s, probes prompt, admitted p99 bounded."""
+    import subprocess
+
+    server = lab.server()
+    before = local.rss_mib(worker_pids(server))
+    connections = 16 * 16
+    wrk = subprocess.Popen(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(_status_script(lab.scratch)),
+         server.url("v1")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1)
+    probes: list[tuple[int | str, float]] = []
+    admitted: list[float] = []
+    statuses: dict[int | str, int] = {}
+    deadline = time.monotonic() + seconds - 2
+
+    def sample_predictions() -> None:
+        # One more client beside wrk's, one request at a time: the latency an admitted request sees.
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            status, elapsed = timed_predict(session, f"{server.base}/predict")
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == 200:
+                admitted.append(elapsed * 1000)
+
+    sampler = threading.Thread(target=sample_predictions)
+    sampler.start()
+    while time.monotonic() < deadline:
+        probes.append(timed_get(f"{server.base}/v2/health/live"))
+        time.sleep(0.2)
+    sampler.join(30)
+    out, _ = wrk.communicate(timeout=seconds + 60)
+    after = local.rss_mib(worker_pids(server))
+    counts = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", out, re.MULTILINE)}
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
+    shed = metric(server, "model_server_shed_requests_total")
+    slowest_probe = max(seconds for _, seconds in probes)
+    growth = max((a - b) / b for a, b in zip(after, before, strict=True))
+    p99_admitted = statistics.quantiles(admitted, n=100)[98] if len(admitted) >= 20 else float("nan")
+    only_200_503 = set(counts) <= {200, 503} and set(statuses) <= {200, 503}
+    return Result(
+        "overload, 16x the benchmark's concurrency",
+        only_200_503
+        and socket_errors is None
+        and all(status == 200 for status, _ in probes)
+        and slowest_probe < 1
+        and growth <= 0.5,
+        {
+            "connections": connections,
+            "answers by status": dict(sorted(counts.items())),
+            "socket errors": socket_errors.group(1) if socket_errors else 0,
+            "p50 / p99 of all answers ms": f"{percentiles.get('50')} / {percentiles.get('99')}",
+            "p99 of admitted (200) predictions, sampled ms": f"{p99_admitted:.2f} (of {len(admitted)})",
+            "shed (503 + Retry-After), from /metrics": round(shed),
+            "liveness probes": len(probes),
+            "slowest probe s": round(slowest_probe, 3),
+            "RSS per worker before / after MiB": f"{[round(x) for x in before]} / {[round(x) for x in after]}",
+        },
+        "Each worker queues at most MODEL_SERVER_MAX_QUEUE predictions; past that a request gets 503 with "
+        "Retry-After: 1 as soon as its turn comes, instead of adding to everyone's wait. Probes never queue. "
+        "The admitted p99 is from a client sending one request at a time beside wrk's load.",
+    )
