@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import OpsError, cluster, diff, environments, gobuild, render, validate, values
@@ -126,7 +127,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         if len(args.environments) != 2:
             raise OpsError("name two environments (or --ref REF and one environment)")
-        text = diff.between_environments(*args.environments, models=args.models)
+        first, second = args.environments
+        text = diff.between_environments(first, second, models=args.models)
     sys.stdout.write(text or "no differences\n")
     return 0
 
@@ -166,18 +168,12 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml."
-    )
-    sub = top.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("render", help="helm template each environment exactly as Argo CD / Flux would")
+def _render_arguments(p: argparse.ArgumentParser) -> None:
     _envs_arg(p)
     p.add_argument("--output-dir", type=Path, help="write <env>-<model>.yaml files here instead of stdout")
-    p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("validate", help="schema, render and kubeconform every environment and the GitOps manifests")
+
+def _validate_arguments(p: argparse.ArgumentParser) -> None:
     _envs_arg(p)
     p.add_argument("--kubernetes-version", action="append", metavar="X.Y.Z", help="default: 1.30.0 and 1.34.0")
     p.add_argument(
@@ -189,43 +185,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chart-base", metavar="REF", help="also fail when chart/ changed since REF without a Chart.yaml version bump"
     )
-    p.set_defaults(func=cmd_validate)
 
-    for name, func, helptext in (
-        ("promote", cmd_promote, "move the image, one model's version, or the chart version to the next environment"),
-        ("set-image", cmd_set_image, "point one environment (every model) at an image tag (and digest)"),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        if name == "promote":
-            p.add_argument("--from", dest="source", required=True, metavar="ENV")
-            p.add_argument("--to", dest="target", required=True, metavar="ENV")
-            what = p.add_mutually_exclusive_group(required=True)
-            what.add_argument("--image", action="store_true", help="the image tag and digest (every model)")
-            what.add_argument("--model", metavar="NAME", help="one model's version and sha256 (and model store path)")
-            what.add_argument("--chart", action="store_true", help="the chart version (Argo CD and Flux pins too)")
-            p.add_argument(
-                "--artifact",
-                type=Path,
-                metavar="DIR",
-                help="with --model: take version and sha256 from this artifact directory's metadata.json (the "
-                "directory the ML release pipeline copies to the model store; needed where --from serves the "
-                "model from its image, which pins no sha256)",
-            )
-        else:
-            p.add_argument("--env", required=True)
-            p.add_argument("--tag", required=True)
-            p.add_argument("--digest", help="sha256:<64 hex>; omitted means no digest (the tag decides)")
-        p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
-        p.add_argument("--commit", action="store_true", help="git commit the change")
-        p.set_defaults(func=func)
 
-    p = sub.add_parser("diff", help="rendered diff between two environments, or one environment against a git ref")
+def _edit_arguments(p: argparse.ArgumentParser) -> None:
+    """What every command that edits the environments takes."""
+    p.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    p.add_argument("--commit", action="store_true", help="git commit the change")
+
+
+def _promote_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, metavar="ENV")
+    p.add_argument("--to", dest="target", required=True, metavar="ENV")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", action="store_true", help="the image tag and digest (every model)")
+    what.add_argument("--model", metavar="NAME", help="one model's version and sha256 (and model store path)")
+    what.add_argument("--chart", action="store_true", help="the chart version (Argo CD and Flux pins too)")
+    p.add_argument(
+        "--artifact",
+        type=Path,
+        metavar="DIR",
+        help="with --model: take version and sha256 from this artifact directory's metadata.json (the "
+        "directory the ML release pipeline copies to the model store; needed where --from serves the "
+        "model from its image, which pins no sha256)",
+    )
+    _edit_arguments(p)
+
+
+def _set_image_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", required=True)
+    p.add_argument("--tag", required=True)
+    p.add_argument("--digest", help="sha256:<64 hex>; omitted means no digest (the tag decides)")
+    _edit_arguments(p)
+
+
+def _diff_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("environments", nargs="+", metavar="ENV")
     p.add_argument("--ref", help="git ref to compare the work tree with")
     _models_arg(p)
-    p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("cluster", help="local control plane on 127.0.0.1 for the end-to-end tests")
+
+def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "action",
         choices=("up", "down", "status", "kubeconfig", "build", "wrap", "load-image"),
@@ -246,14 +245,58 @@ def parser() -> argparse.ArgumentParser:
         help="also run one real node (containerd, kubelet, kube-proxy, CoreDNS, NetworkPolicy, metrics-server)",
     )
     p.add_argument("--nodes", type=int, help="kwok nodes to create (default 3, one per zone; 0 beside a real node)")
-    p.set_defaults(func=cmd_cluster)
+
+
+Command = Callable[[argparse.Namespace], int]
+
+# name, help, its arguments, what runs it; in the order `msops --help` lists them.
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Command], ...] = (
+    ("render", "helm template each environment exactly as Argo CD / Flux would", _render_arguments, cmd_render),
+    (
+        "validate",
+        "schema, render and kubeconform every environment and the GitOps manifests",
+        _validate_arguments,
+        cmd_validate,
+    ),
+    (
+        "promote",
+        "move the image, one model's version, or the chart version to the next environment",
+        _promote_arguments,
+        cmd_promote,
+    ),
+    (
+        "set-image",
+        "point one environment (every model) at an image tag (and digest)",
+        _set_image_arguments,
+        cmd_set_image,
+    ),
+    (
+        "diff",
+        "rendered diff between two environments, or one environment against a git ref",
+        _diff_arguments,
+        cmd_diff,
+    ),
+    ("cluster", "local control plane on 127.0.0.1 for the end-to-end tests", _cluster_arguments, cmd_cluster),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="msops", description="Operate the GitOps environments declared in environments/environments.yaml."
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    for name, helptext, add_arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=helptext)
+        add_arguments(p)
+        p.set_defaults(func=run)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    run: Command = args.func
     try:
-        return args.func(args)
+        return run(args)
     except OpsError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
