@@ -81,7 +81,7 @@ class Declaration:
         return self.store_sub_path.format(model=model, version=version)
 
 
-def _need(mapping: dict, key: str, where: str, kind: type = str) -> Any:
+def _need(mapping: dict[str, Any], key: str, where: str, kind: type = str) -> Any:
     value = mapping.get(key)
     if not isinstance(value, kind) or (kind is str and not value):
         raise OpsError(f"{DECLARATION}: {where}{key} must be a non-empty {kind.__name__}")

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,7 +170,10 @@ def go(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def download(module: str, version: str) -> dict[str, str]:
     """`go mod download -json` of one module: its "Dir" (sources) and "GoMod" paths in the module cache."""
-    return json.loads(go(["mod", "download", "-json", f"{module}@{version}"], cwd=Path(tempfile.gettempdir())))
+    paths: dict[str, str] = json.loads(
+        go(["mod", "download", "-json", f"{module}@{version}"], cwd=Path(tempfile.gettempdir()))
+    )
+    return paths
 
 
 def _upstream_gomod(module: str, version: str) -> str:
@@ -280,7 +284,7 @@ def missing(name: str) -> list[str]:
     return [binary for binary in _component(name).binaries if not (directory / binary).is_file()]
 
 
-def build(name: str, *, log=lambda message: print(message, file=sys.stderr)) -> Path:
+def build(name: str, *, log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Path:
     """Build whatever of ``name`` is not cached yet; return the directory holding its binaries."""
     component = _component(name)
     directory = bin_dir(name)

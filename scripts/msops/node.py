@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -144,7 +145,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
   max_conf_num = 1
 """
 
-    def cni_config(self) -> dict:
+    def cni_config(self) -> dict[str, Any]:
         return {
             "cniVersion": "1.0.0",
             "name": NETWORK,
@@ -167,7 +168,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             ],
         }
 
-    def kubelet_config(self, healthz_port: int) -> dict:
+    def kubelet_config(self, healthz_port: int) -> dict[str, Any]:
         return {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
@@ -205,7 +206,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             "serializeImagePulls": False,
         }
 
-    def kube_proxy_config(self, healthz_port: int, metrics_port: int) -> dict:
+    def kube_proxy_config(self, healthz_port: int, metrics_port: int) -> dict[str, Any]:
         return {
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
@@ -241,16 +242,17 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 """
 
     # ---- saved host state -----------------------------------------------------------------------------
-    def save(self, saved: dict) -> None:
+    def save(self, saved: dict[str, Any]) -> None:
         partial = self.saved_file.with_suffix(".partial")
         partial.write_text(json.dumps(saved, indent=1))
         partial.rename(self.saved_file)
 
-    def saved(self) -> dict:
+    def saved(self) -> dict[str, Any]:
         try:
-            return json.loads(self.saved_file.read_text())
+            saved: dict[str, Any] = json.loads(self.saved_file.read_text())
         except (OSError, ValueError):
             return {}
+        return saved
 
 
 def _run(argv: list[str], *, check: bool = True, input_text: str | None = None) -> str:
@@ -503,11 +505,11 @@ def pause_archive(node: Node) -> Path:
     return ociarchive.write(binary, PAUSE_IMAGE, node.dir / "pause.oci.tar")
 
 
-def addon_objects(metrics_port: int) -> list[dict]:
+def addon_objects(metrics_port: int) -> list[dict[str, Any]]:
     """kube-dns and metrics-server Services pointing at the node's address, and the metrics APIService."""
 
-    def service(name: str, ip: str | None, ports: list[dict]) -> dict:
-        spec: dict = {"ports": ports}
+    def service(name: str, ip: str | None, ports: list[dict[str, Any]]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"ports": ports}
         if ip:
             spec["clusterIP"] = ip
         labels = {"k8s-app": name, "kubernetes.io/cluster-service": "true"}
@@ -518,7 +520,7 @@ def addon_objects(metrics_port: int) -> list[dict]:
             "spec": spec,
         }
 
-    def endpoints(name: str, ports: list[dict]) -> dict:
+    def endpoints(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
         # No selector: these Endpoints are the add-on on the host; the mirroring controller makes the slices.
         return {
             "apiVersion": "v1",

@@ -11,17 +11,19 @@ import io
 import json
 import platform
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
-def _blob(data: bytes, media_type: str) -> tuple[dict, bytes]:
+def _blob(data: bytes, media_type: str) -> tuple[dict[str, Any], bytes]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     return {"mediaType": media_type, "digest": digest, "size": len(data)}, data
 
 
-def _json(obj: dict) -> bytes:
+def _json(obj: Mapping[str, object]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -44,13 +46,14 @@ def write(binary: Path, name: str, destination: Path, *, user: str = "65535:6553
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
     }
     config_desc, config_data = _blob(_json(config), "application/vnd.oci.image.config.v1+json")
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
     manifest = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": manifest_type,
         "config": config_desc,
         "layers": [layer_desc],
     }
-    manifest_desc, manifest_data = _blob(_json(manifest), manifest["mediaType"])
+    manifest_desc, manifest_data = _blob(_json(manifest), manifest_type)
     manifest_desc["annotations"] = {
         "io.containerd.image.name": name,
         "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +238,7 @@ def _apply(relative: str, text: str, change: Change) -> str:
 
 def edit(
     decl: Declaration,
-    changes: dict[str, Change],
+    changes: Mapping[str, Change],
     touched: list[str],
     root: Path = ROOT,
     dry_run: bool = False,
