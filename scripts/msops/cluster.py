@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -76,7 +77,7 @@ def binaries(with_flux: bool = False, real_node: bool = False) -> dict[str, Path
     return found
 
 
-def _kubectl_run(args: tuple[str, ...], input_text: str | None = None) -> subprocess.CompletedProcess:
+def _kubectl_run(args: tuple[str, ...], input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     binary = gobuild.bin_dir("kubernetes") / "kubectl"
     argv = [str(binary), "--kubeconfig", str(KUBECONFIG), *args]
     return subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
@@ -117,7 +118,7 @@ def api_ready() -> bool:
     return done.returncode == 0 and done.stdout.strip() == "ok"
 
 
-def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
+def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict[str, Any]:
     version = gobuild.COMPONENTS["kubernetes"].version
     # A real kubelet refuses anonymous requests: the API server authenticates to it (logs, exec) with
     # kwokctl's admin certificate, which the kubelet's client CA signed. metrics-server, an aggregated
@@ -171,7 +172,7 @@ def _kwokctl_config(bins: dict[str, Path], real_node: bool = False) -> dict:
     }
 
 
-def _node(index: int) -> dict:
+def _node(index: int) -> dict[str, Any]:
     name = f"kwok-node-{index}"
     return {
         "apiVersion": "v1",
