@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every external tool the project uses, at pinned versions, into .tools/bin.
 # Idempotent: a tool already present at its pinned version is skipped in milliseconds.
-# Only package registries are used: Go tools via the Go module proxy, hadolint via PyPI (in the venv).
+# Only package registries are used: Go tools via the Go module proxy, hadolint via PyPI (in the venv),
+# checkov via PyPI into its own virtualenv (.tools/checkov) from its hash-pinned lock.
 #
 #   scripts/tools.sh            install what is missing
 #   scripts/tools.sh --check    report what is missing, install nothing (exit 1 if anything is)
@@ -24,6 +25,8 @@ TOOLS=(
   "actionlint|github.com/rhysd/actionlint/cmd/actionlint|v1.7.12|-X github.com/rhysd/actionlint.version=v1.7.12"
   # Prometheus' Go module tags v0.3MM.P for release 3.MM.P; promtool checks the chart's alert rules.
   "promtool|github.com/prometheus/prometheus/cmd/promtool|v0.316.0|-X github.com/prometheus/common/version.Version=3.16.0"
+  # kube-score scores the rendered chart (scripts/validate, scorers/kube-score.yaml).
+  "kube-score|github.com/zegl/kube-score/cmd/kube-score|v1.20.0|-X main.version=1.20.0"
 )
 
 check_only=false
@@ -71,6 +74,27 @@ if [[ ! -x "$bin/pss-check" || "$(cat "$bin/.pss-check.version" 2>/dev/null)" !=
       || { echo "tools.sh: building tools/pss-check failed" >&2; exit 1; }
     mv "$bin/pss-check.tmp" "$bin/pss-check"
     echo "$pss_want" >"$bin/.pss-check.version"
+  fi
+fi
+
+# checkov (scripts/validate, scorers/checkov.yaml) has a dependency tree that would move the dev
+# lock's pins, so it gets a virtualenv of its own, rebuilt from scratch when requirements/checkov.txt
+# changes (a --no-deps install over an old one would leave stale packages behind).
+checkov_venv="$root/.tools/checkov"
+checkov_want=$(sha256sum <"$root/requirements/checkov.txt" | cut -c1-16)
+if [[ ! -x "$bin/checkov" || "$(cat "$checkov_venv/.installed" 2>/dev/null)" != "$checkov_want" ]]; then
+  if $check_only; then missing+=("checkov")
+  else
+    python=${PYTHON:-python3}
+    echo "tools.sh: installing checkov into .tools/checkov (requirements/checkov.txt)" >&2
+    rm -rf "$checkov_venv" "$bin/checkov"
+    "$python" -m venv "$checkov_venv" \
+      || { echo "tools.sh: could not create a virtualenv for checkov (apt-get install python3-venv)" >&2; exit 1; }
+    "$checkov_venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+      -r "$root/requirements/checkov.txt" >&2 \
+      || { echo "tools.sh: pip install of requirements/checkov.txt failed" >&2; exit 1; }
+    ln -s ../checkov/bin/checkov "$bin/checkov"
+    echo "$checkov_want" >"$checkov_venv/.installed"
   fi
 fi
 

@@ -1,4 +1,5 @@
-"""Validation of every environment and of the GitOps manifests: schema, render, kubeconform, agreement."""
+"""Validation of every environment and of the GitOps manifests: schema, render, kubeconform, agreement,
+and the third-party scorers (kube-score, checkov) over every environment and chart/ci values file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from . import OpsError, manifests, tools
+from . import OpsError, manifests, scorers, tools
 from .environments import Declaration, Environment
 from .render import render
 from .tools import ROOT
@@ -60,8 +61,11 @@ def validate(
     locations: tuple[str, ...] = PUBLIC_SCHEMA_LOCATIONS,
     root: Path = ROOT,
     models: list[str] | None = None,
+    scored_by: tuple[str, ...] = scorers.TOOLS,
 ) -> Report:
+    """Every check, each line in the report; ``scored_by`` names the scorers to run (none: skip them)."""
     report = Report()
+    renderings: list[scorers.Rendering] = []
     problems = manifests.check_all(decl, root)
     for problem in problems:
         report.fail(f"gitops manifests: {problem}")
@@ -86,9 +90,51 @@ def validate(
                 target = Path(scratch) / f"{env.name}-{release.model}.yaml"
                 target.write_text(rendered)
                 _kubeconform_each(report, f"{where}: rendered chart", [target], versions, locations)
+                renderings.append(scorers.Rendering(where, rendered))
         gitops = manifests.object_files(root)
         _kubeconform_each(report, "Argo CD + Flux manifests", gitops, versions, locations)
+    if scored_by:
+        try:
+            renderings += chart_values_renderings(decl, root)
+        except OpsError as exc:
+            report.fail(f"{decl.chart}/ci: {exc}")
+        # An ignore only a filtered run leaves out is not unused: judge those on complete runs only.
+        complete = models is None and {env.name for env in envs} == set(decl.environments)
+        add_scores(report, renderings, scored_by, root, complete)
     return report
+
+
+def chart_values_renderings(decl: Declaration, root: Path = ROOT) -> list[scorers.Rendering]:
+    """The work tree's chart with each chart/ci/*-values.yaml, each as its own release in its own namespace
+    (so no scorer can match one file's NetworkPolicy or PodDisruptionBudget to another's pods)."""
+    chart = root / decl.chart
+    renderings = []
+    for values in sorted((chart / "ci").glob("*-values.yaml")):
+        name = "ci-" + values.name.removesuffix("-values.yaml")
+        args = ["template", name, str(chart), "--namespace", name, "--values", str(values)]
+        renderings.append(scorers.Rendering(str(values.relative_to(root)), tools.run([tools.find("helm"), *args])))
+    return renderings
+
+
+def add_scores(
+    report: Report, renderings: list[scorers.Rendering], scored_by: tuple[str, ...], root: Path, complete: bool
+) -> None:
+    """The scorers' verdict in the report: a line per rendering and tool, a failure per unexcused finding
+    (naming the rendering, the object, the container and the check) and per ignore that excuses nothing."""
+    try:
+        results = scorers.score(renderings, scored_by, root, complete)
+    except OpsError as exc:
+        report.fail(f"scorers: {exc}")
+        return
+    for result in results:
+        for rendering in renderings:
+            unjustified = [f for f in result.unjustified if f.where == rendering.where]
+            for finding in unjustified:
+                report.fail(f"{finding} (fix it, or excuse it with a reason in scorers/{result.tool}.yaml)")
+            if not unjustified:
+                report.ok(f"{rendering.where}: {result.summary(rendering.where)}")
+        for ignore in result.unused:
+            report.fail(f"scorers/{result.tool}.yaml: {ignore.describe()} excuses no finding any more: delete it")
 
 
 def chart_change_without_bump(base: str, root: Path = ROOT, chart: str = "chart") -> str | None:
