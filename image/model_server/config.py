@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 WORKER_CLASSES = ("gevent", "sync", "gthread")
@@ -27,6 +28,13 @@ class ConfigError(ValueError):
 
 
 Parser = Callable[[str, str], object]  # (variable, raw value) -> typed value, or ConfigError
+
+
+@runtime_checkable
+class Described(Protocol):
+    """A parser that adds its accepted values to the setting's documentation."""
+
+    def describe(self) -> str: ...
 
 
 def text(env: str, raw: str) -> str:
@@ -123,8 +131,7 @@ class Setting:
     parse: Parser = text
 
     def describe(self) -> str:
-        describe = getattr(self.parse, "describe", None)
-        return self.doc + (describe() if describe else "")
+        return self.doc + (self.parse.describe() if isinstance(self.parse, Described) else "")
 
 
 # Field name -> setting. Order is the documentation order.
@@ -305,6 +312,8 @@ class Settings:
         for f in fields(cls):
             setting = FIELDS[f.name]
             values[f.name] = setting.parse(setting.env, environ.get(setting.env, setting.default).strip())
+        # Each value has its field's type by construction (the field's own setting parsed it), which
+        # mypy cannot follow through a dict.
         return cls(**values)  # type: ignore[arg-type]
 
 
