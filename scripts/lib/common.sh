@@ -28,6 +28,8 @@ ensure_venv() {
       requirements/dev.txt) projects+=("$ROOT") ;;
     esac
   done
+  # The setuptools that builds them (Python 3.11's bundled one is too old to build a wheel alone).
+  ((${#projects[@]})) && locks+=("$ROOT/image/build-requirements.txt")
   local want stamp project
   want=$(cat "${locks[@]}" "${projects[@]/%//pyproject.toml}" | sha256sum | cut -c1-16)
   stamp="$VENV/.installed-$want"
