@@ -86,12 +86,16 @@ def test_replicas_prefer_different_nodes_by_default():
     (term,) = affinity()["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert term["podAffinityTerm"] == {
         "topologyKey": "kubernetes.io/hostname",
-        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "model-server", "app.kubernetes.io/instance": "rel"}},
+        "labelSelector": {
+            "matchLabels": {"app.kubernetes.io/name": "model-server", "app.kubernetes.io/instance": "rel"}
+        },
     }
 
 
 def test_hard_anti_affinity_requires_different_nodes_and_affinity_replaces_the_preset():
-    (term,) = affinity("podAntiAffinityPreset=hard")["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = affinity("podAntiAffinityPreset=hard")["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert affinity("podAntiAffinityPreset=") is None
     own = affinity(values=("chart/ci/existing-claim-values.yaml",))
@@ -102,7 +106,7 @@ def test_hard_anti_affinity_requires_different_nodes_and_affinity_replaces_the_p
 
 
 def test_every_container_requests_and_limits_ephemeral_storage_and_cpu():
-    docs = template(sets=FETCH + ("model.fetch.url=https://models.example.com/m.tar.gz",))
+    docs = template(sets=(*FETCH, "model.fetch.url=https://models.example.com/m.tar.gz"))
     pods = [one(docs, "Deployment")["spec"]["template"]["spec"], one(docs, "Pod")["spec"]]
     containers = [c for pod in pods for c in pod.get("initContainers", []) + pod["containers"]]
     assert [c["name"] for c in containers] == ["fetch-model", "server", "smoke"]

@@ -73,6 +73,10 @@ def test_validate_passes_for_every_environment():
     assert report.failures == [], "\n".join(report.lines)
     releases = sum(len(env.releases) for env in decl.environments.values())
     assert sum("kubeconform" in line for line in report.lines) == 2 * (releases + 1)
+    # Both scorers judged every release and every chart/ci values file, and excused nothing stale.
+    scored = releases + len(list((ROOT / "chart" / "ci").glob("*-values.yaml")))
+    assert sum(": kube-score: 0 finding(s)" in line for line in report.lines) == scored
+    assert sum(": checkov: 0 finding(s)" in line for line in report.lines) == scored
 
 
 def test_validate_reports_a_bad_values_file(repo):
@@ -85,6 +89,7 @@ def test_validate_reports_a_bad_values_file(repo):
         [decl.get("staging")],
         locations=validate.mirror_locations(mirror) if mirror else validate.PUBLIC_SCHEMA_LOCATIONS,
         root=repo,
+        scored_by=(),
     )
     assert any("staging/diabetes: values: autoscaling.maxReplicas" in f for f in report.failures), report.lines
     assert any("staging/penguins: values: autoscaling.maxReplicas" in f for f in report.failures), report.lines
