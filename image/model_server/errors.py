@@ -12,60 +12,50 @@ class ClientError(Exception):
     status = 400
     headers: tuple[tuple[str, str], ...] = ()  # extra response headers (Retry-After, Connection)
 
+    def __init_subclass__(cls, status: int | None = None, headers: tuple[tuple[str, str], ...] | None = None) -> None:
+        """Each refusal declares its status (and any extra headers) in its class line; unsaid, they are inherited."""
+        super().__init_subclass__()
+        if status is not None:
+            cls.status = status
+        if headers is not None:
+            cls.headers = headers
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class BadRequest(ClientError):
+class BadRequest(ClientError, status=400):
     """The body is not a well-formed request of its protocol (malformed JSON, wrong member types)."""
 
-    status = 400
 
-
-class NotFound(ClientError):
+class NotFound(ClientError, status=404):
     """No such model or version is served here."""
 
-    status = 404
 
-
-class RequestTimeout(ClientError):
+class RequestTimeout(ClientError, status=408, headers=(("Connection", "close"),)):
     """The client did not send its request (headers, body) within the deadline; the connection closes."""
 
-    status = 408
-    headers = (("Connection", "close"),)
 
-
-class PayloadTooLarge(ClientError):
+class PayloadTooLarge(ClientError, status=413):
     """The body or its row count is over the configured limit."""
 
-    status = 413
 
-
-class UnsupportedMediaType(ClientError):
+class UnsupportedMediaType(ClientError, status=415):
     """The Content-Type is not one the protocol speaks."""
 
-    status = 415
 
-
-class Unprocessable(ClientError):
+class Unprocessable(ClientError, status=422):
     """A well-formed request the model cannot take: a missing or unknown column, a wrong datatype,
     a null where the column is not nullable, a value the model refuses."""
 
-    status = 422
 
-
-class NotReady(ClientError):
+class NotReady(ClientError, status=503):
     """The model is not loaded (yet): the server is live but cannot predict."""
 
-    status = 503
 
-
-class Overloaded(ClientError):
+class Overloaded(ClientError, status=503, headers=(("Retry-After", "1"),)):
     """More prediction work is waiting in this worker than it may queue: retry shortly, or elsewhere."""
-
-    status = 503
-    headers = (("Retry-After", "1"),)
 
 
 class ArtifactError(Exception):

@@ -152,28 +152,23 @@ def test_a_manifest_naming_a_missing_file_is_caught(repo):
     assert any("environments/flux/source" in p and "does not exist" in p for p in problems), problems
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "message"),
-    [
-        ("name: staging\n", "name: Staging\n", "is not a DNS label"),
-        (
-            "models: [diabetes, penguins]\n    # Prod",
-            "models: [diabetes, iris]\n    # Prod",
-            "iris.yaml does not exist",
-        ),
-        ("sync: manual", "sync: sometimes", "sync must be automated or manual"),
-        ("promotesTo: prod", "promotesTo: production", "unknown environment 'production'"),
-        ("releaseName: model-server-{model}", "releaseName: ''", "releaseName must be a non-empty str"),
-        ("releaseName: model-server-{model}", "releaseName: ms-{name}", "may only use"),
-        (
-            "chartVersion: 0.3.0\n    models: [diabetes, penguins]\n    # Prod",
-            "models: [diabetes]\n    # Prod",
-            "no chartV",
-        ),
-        ("chartVersion: 0.3.0", "chartVersion: latest", "chartVersion must be a quoted semantic version"),
-        ("registry: oci://ghcr.io", "registry: https://ghcr.io", "chart.registry must be an oci:// reference"),
-    ],
-)
+# A declaration edit (old -> new) and what the refusal must say; one case a line, so it reads as a table.
+# fmt: off
+BAD_DECLARATIONS = [
+    ("name: staging\n", "name: Staging\n", "is not a DNS label"),
+    ("models: [diabetes, penguins]\n    # Prod", "models: [diabetes, iris]\n    # Prod", "iris.yaml does not exist"),
+    ("sync: manual", "sync: sometimes", "sync must be automated or manual"),
+    ("promotesTo: prod", "promotesTo: production", "unknown environment 'production'"),
+    ("releaseName: model-server-{model}", "releaseName: ''", "releaseName must be a non-empty str"),
+    ("releaseName: model-server-{model}", "releaseName: ms-{name}", "may only use"),
+    ("chartVersion: 0.3.0\n    models: [diabetes, penguins]\n    # Prod", "models: [diabetes]\n    # Prod", "no chartV"),  # noqa: E501
+    ("chartVersion: 0.3.0", "chartVersion: latest", "chartVersion must be a quoted semantic version"),
+    ("registry: oci://ghcr.io", "registry: https://ghcr.io", "chart.registry must be an oci:// reference"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("old", "new", "message"), BAD_DECLARATIONS)
 def test_a_bad_declaration_is_refused_naming_the_field(repo, old, new, message):
     _edit(repo / "environments/environments.yaml", old, new)
     with pytest.raises(OpsError, match=message):
