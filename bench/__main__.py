@@ -19,13 +19,23 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from msops import local
 
 from bench.harness import EXPLAIN, ROOT, Sample, Server, choose, peer, run_wrk
 
+
+class TrainOptions(TypedDict, total=False):
+    """model_server.train.train's keyword arguments beyond the name."""
+
+    demo: str
+    estimator: str
+    trees: int
+
+
 # kind -> (the name it is served under, how to train it with model_server.train)
-MODELS = {
+MODELS: dict[str, tuple[str, TrainOptions]] = {
     "linear": ("diabetes", {}),
     "pipeline": ("penguins", {"demo": "penguins"}),
     "forest": ("penguins-forest", {"demo": "penguins", "estimator": "random-forest", "trees": 100}),
@@ -67,7 +77,6 @@ class Model:
 
 def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Server]:
     python = sys.executable
-    served = {"model": model.name, "kind": model.kind}
     peer_args = ["--model-file", str(model.joblib_file), "--name", model.name]
     candidates = {
         "ours": _ours("ours", args, model, scratch, {}),
@@ -82,13 +91,21 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
             {"MODEL_SERVER_MODEL_DIR": str(model.directory)},
             ROOT,
             0,
-            **served,
+            model=model.name,
+            kind=model.kind,
         ),
     }
     kserve = peer("kserve")
     if kserve:
         candidates["kserve"] = Server(
-            "kserve", [*kserve, "--workers", str(args.workers), *peer_args], {}, ROOT, 0, columnar_v1=True, **served
+            "kserve",
+            [*kserve, "--workers", str(args.workers), *peer_args],
+            {},
+            ROOT,
+            0,
+            model=model.name,
+            kind=model.kind,
+            columnar_v1=True,
         )
     mlserver = peer("mlserver")
     if mlserver:
@@ -100,7 +117,8 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
             ROOT,
             0,
             protocols=("v2",),
-            **served,
+            model=model.name,
+            kind=model.kind,
         )
     return choose(candidates, args.servers.split(","))
 

@@ -80,7 +80,9 @@ def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names:
         low, top = (min(every) / 1.5, max(every) * 1.5) if log else (0.0, max(every) * 1.1)
         x0 = offset * (width + 20)
 
-        def point(index: int, value: float, x0: int = x0, low: float = low, top: float = top, log: bool = log):
+        def point(
+            index: int, value: float, x0: int = x0, low: float = low, top: float = top, log: bool = log
+        ) -> tuple[float, float]:
             x = x0 + pad + index * (width - 2 * pad) / max(len(levels) - 1, 1)
             share = math.log(max(value, low) / low) / math.log(top / low) if log else (value - low) / (top - low)
             return x, height - pad - share * (height - 2 * pad)
@@ -112,7 +114,9 @@ def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names:
     )
 
 
-def report(results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str], args) -> str:
+def report(
+    results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str], args: argparse.Namespace
+) -> str:
     lines = [
         f"wrk -t2 -d{args.duration}s, 1-row V2 requests, {TREES}-tree forest pipeline, 2 workers each, "
         f"{args.rounds} interleaved rounds: median",

@@ -15,17 +15,23 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from model_server.columns import Batch
+    from model_server.signature import Signature
 
 
-def batch_for(directory: Path, rows: int):
+def batch_for(directory: Path, rows: int) -> tuple[Signature, Batch]:
     """The model's signature and the Batch the server decodes the benchmark's request of ``rows`` rows to."""
     import json
 
     from model_server import artifact, v1
+    from model_server.signature import read as read_signature
 
     from bench.harness import body
 
-    signature = artifact.read_signature(artifact.read_metadata(directory), str(directory))
+    signature = read_signature(artifact.read_metadata(directory), str(directory))
     kind = "pipeline" if any(c.datatype == "BYTES" for c in signature.columns) else "linear"
     return signature, v1.parse_request(json.loads(body("v1", rows, kind)), signature, max_rows=rows)
 

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 from model_server.train import DIABETES_ROWS
 from msops.local import free_port, rss_mib
@@ -83,6 +84,16 @@ PENGUIN_COLUMNS = {
 }
 
 
+class _Tensor(TypedDict):
+    """One V2 input tensor of the penguin request."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[object]
+    parameters: NotRequired[dict[str, str]]
+
+
 def _penguin_body(protocol: str, rows: int, columnar_v1: bool) -> bytes:
     """Rows 3.. of the penguins data (row 3 has every measurement and the sex missing): V1 objects keyed
     by column, which KServe turns into a DataFrame; V2 one tensor per column with content_type "pd"
@@ -95,9 +106,9 @@ def _penguin_body(protocol: str, rows: int, columnar_v1: bool) -> bytes:
         return json.dumps({"instances": [{name: [r[name] for r in records] for name in PENGUIN_COLUMNS}]}).encode()
     if protocol == "v1":
         return json.dumps({"instances": records}).encode()
-    inputs = []
+    inputs: list[_Tensor] = []
     for name, datatype in PENGUIN_COLUMNS.items():
-        tensor = {"name": name, "shape": [rows], "datatype": datatype, "data": [r[name] for r in records]}
+        tensor: _Tensor = {"name": name, "shape": [rows], "datatype": datatype, "data": [r[name] for r in records]}
         if datatype == "BYTES":
             tensor["parameters"] = {"content_type": "str"}
         inputs.append(tensor)
@@ -107,7 +118,8 @@ def _penguin_body(protocol: str, rows: int, columnar_v1: bool) -> bytes:
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http on loopback only
-            return response.status == 200
+            status: int = response.status  # urlopen's answer is untyped
+            return status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 
@@ -123,7 +135,7 @@ class Server:
     model: str = "diabetes"  # the name it serves the model under
     kind: str = "linear"  # which bodies it is sent (see body())
     columnar_v1: bool = False  # V1 DataFrames as column lists (KServe's format)
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     cold_start: float = float("nan")
     rss: list[float] = field(default_factory=list)  # MiB per process, read before it is stopped
     log: Path | None = None
@@ -131,6 +143,19 @@ class Server:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        """The server's process; start() must have run."""
+        if self.process is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self.process
+
+    def output(self) -> str:
+        """What the server has written to stdout and stderr so far; start() must have run."""
+        if self.log is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self.log.read_text()
 
     def url(self, protocol: str) -> str:
         return (
@@ -186,8 +211,7 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server process and all its descendants."""
-        assert self.process is not None
-        found, frontier = [], [self.process.pid]
+        found, frontier = [], [self.popen.pid]
         while frontier:
             pid = frontier.pop()
             found.append(pid)
@@ -228,8 +252,19 @@ class Sample:
 
 
 def parse_latency(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise RuntimeError(f"wrk printed a latency bench cannot read: {text!r}")
+    value, unit = match.groups()
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def _find(pattern: str, out: str) -> str:
+    """The first group of ``pattern`` in wrk's output."""
+    match = re.search(pattern, out)
+    if match is None:
+        raise RuntimeError(f"wrk printed no line matching {pattern!r}:\n{out}")
+    return match.group(1)
 
 
 def wrk_script(
@@ -277,7 +312,7 @@ def run_wrk(
     )
     after = server.cpu_ticks()
     out = wrk.stdout
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    total = int(_find(r"(\d+) requests in", out))
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     socket_error_count = (
@@ -293,7 +328,7 @@ def run_wrk(
     busy = sorted((d for d in deltas.values() if d > 0), reverse=True)
     cpu_seconds = sum(deltas.values()) / CLOCK_TICK
     return Sample(
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        rps=float(_find(r"Requests/sec:\s+([\d.]+)", out)),
         p50_ms=parse_latency(percentiles["50"]),
         p99_ms=parse_latency(percentiles["99"]),
         errors=errors,

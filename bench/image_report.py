@@ -18,9 +18,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import requests
 from msops.container import Container
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,9 +75,10 @@ class _ByteCounter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.size += len(data)
-        return len(data)
+    def write(self, data: ReadableBuffer, /) -> int:
+        written = memoryview(data).nbytes
+        self.size += written
+        return written
 
 
 def _predicts(url: str) -> bool:
@@ -103,7 +108,17 @@ def cold_start(image: str, runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def describe(image: str) -> dict:
+class ImageFigures(TypedDict):
+    """What the report prints for one image."""
+
+    size_mb: float
+    compressed_mb: float
+    layers: list[tuple[str, str]]  # (size as podman prints it, the step that made the layer)
+    packages: int
+    cold_start_s: float
+
+
+def describe(image: str) -> ImageFigures:
     info = json.loads(run("podman", "image", "inspect", image))[0]
     history = [
         line.split("\t", 1)

@@ -48,7 +48,7 @@ def artifact_fault(lab: Lab, fault: str) -> Result:
     workers = sorted(worker_pids(server))
     time.sleep(3)
     stable = sorted(worker_pids(server)) == workers
-    log = server.log.read_text()
+    log = server.output()
     refusals = [line for line in log.splitlines() if "model artifact refused" in line]
     # Hot reload: a good artifact appearing in place is picked up within the reload interval.
     shutil.rmtree(directory, ignore_errors=True)

@@ -39,7 +39,7 @@ def hostile_corpus(lab: Lab) -> Result:
             {**json_type, "Inference-Header-Content-Length": "100"},
         ),
     }
-    answers = {}
+    answers: dict[str, int | str] = {}
     for name, (data, headers) in corpus.items():
         url = f"{server.base}/v2/models/diabetes/infer" if name.startswith("V2") else f"{server.base}/predict"
         try:

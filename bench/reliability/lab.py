@@ -52,7 +52,7 @@ class Lab:
 
 
 def worker_pids(server: Server) -> list[int]:
-    return [pid for pid in server.pids() if pid != server.process.pid]
+    return [pid for pid in server.pids() if pid != server.popen.pid]
 
 
 def capacity(lab: Lab, server: Server, seconds: int = 5) -> float:

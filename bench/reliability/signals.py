@@ -8,11 +8,15 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import requests
 
 from bench.harness import Server
 from bench.reliability.lab import Lab, Result, worker_pids
+
+T = TypeVar("T")
 
 
 def sigterm_keepalive_trials(lab: Lab, trials: int = 20) -> Result:
@@ -24,8 +28,8 @@ def sigterm_keepalive_trials(lab: Lab, trials: int = 20) -> Result:
 
         def terminate(server: Server = server) -> float:
             started = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            server.process.wait(30)
+            server.popen.send_signal(signal.SIGTERM)
+            server.popen.wait(30)
             return time.monotonic() - started
 
         outcomes, elapsed = _under_stream(server.base, 3, terminate)
@@ -69,14 +73,16 @@ def _stream(url: str, deadline: float, outcomes: list[tuple[str, str]]) -> None:
 
 def _logged_request_ids(server: Server) -> set[str]:
     """Request IDs the server's access log recorded: the requests it read, i.e. accepted."""
-    ids = set()
-    for line in server.log.read_text().splitlines():
+    ids: set[str] = set()
+    for line in server.output().splitlines():
         if '"gunicorn.access"' in line:
             ids.add(json.loads(line).get("request_id"))
     return ids
 
 
-def _under_stream(url: str, seconds: float, action, clients: int = 8) -> tuple[list[tuple[str, str]], object]:
+def _under_stream(
+    url: str, seconds: float, action: Callable[[], T], clients: int = 8
+) -> tuple[list[tuple[str, str]], T]:
     outcomes: list[tuple[str, str]] = []
     deadline = time.monotonic() + seconds
     threads = [threading.Thread(target=_stream, args=(url, deadline, outcomes)) for _ in range(clients)]
@@ -94,8 +100,8 @@ def sigterm_under_load(lab: Lab) -> Result:
 
     def terminate() -> float:
         started = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
+        server.popen.send_signal(signal.SIGTERM)
+        server.popen.wait(30)
         return time.monotonic() - started
 
     outcomes, elapsed = _under_stream(server.base, 6, terminate)
@@ -105,13 +111,13 @@ def sigterm_under_load(lab: Lab) -> Result:
     unread = [kind for kind, rid in outcomes if kind.startswith("failed") and rid not in accepted]
     return Result(
         "SIGTERM under load",
-        not failed_accepted and server.process.returncode == 0 and elapsed < 10,
+        not failed_accepted and server.popen.returncode == 0 and elapsed < 10,
         {
             "answered 200": kinds.count("ok"),
             "failed after being accepted": len(failed_accepted),
             "refused after the listener closed": kinds.count("refused"),
             "sent on a keep-alive connection the server closed unread": len(unread),
-            "exit code": server.process.returncode,
+            "exit code": server.popen.returncode,
             "exit after SIGTERM s": round(elapsed, 2),
             "graceful timeout s": 10,
         },

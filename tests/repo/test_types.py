@@ -1,4 +1,4 @@
-"""The server and the ops tools type-check: mypy --strict as pyproject.toml's [tool.mypy] configures it."""
+"""The server, the ops tools and the benchmarks type-check: mypy --strict as pyproject.toml's [tool.mypy] says."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 from tests.kube import ROOT
 
 
-def test_model_server_and_msops_pass_mypy_strict():
+def test_model_server_msops_and_bench_pass_mypy_strict():
     # The venv's own mypy, with the stubs the dev lock pins; its cache (.mypy_cache) makes a rerun take a second.
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
