@@ -208,6 +208,23 @@ RESTRICTED_CONTAINER = {
 }
 
 
+# A new pod's address reaches the policy controller's ipsets a moment after the pod starts: a client
+# in an admitted namespace first waits (30 s at most) until the Service answers it.
+REACHABLE = """
+import time, urllib.request
+def wait_reachable(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=3):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+"""
+
+
 def client_pod(name: str, namespace: str, image: str, script: str, labels: dict[str, str] | None = None) -> dict:
     """A run-once pod that runs ``script`` with the serving image's python (admitted under restricted PSS)."""
     return {

@@ -236,7 +236,9 @@ def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path)
                     "enabled": True,
                     "parentRefs": [{"name": "public", "namespace": "gateway"}],
                     "hostnames": ["model.dev.example.com"],
-                }
+                },
+                # dev's NetworkPolicy admits the Gateway's proxies only when told where they run.
+                "networkPolicy": {"gatewayNamespace": "gateway"},
             }
         )
     )

@@ -32,7 +32,16 @@ import pytest
 import yaml
 from msops import environments, node, render, values
 
-from tests.cluster.conftest import ROLLOUT_UPGRADE, Kube, client_pod, read_only_claim, run_client, wait_client, wait_for
+from tests.cluster.conftest import (
+    REACHABLE,
+    ROLLOUT_UPGRADE,
+    Kube,
+    client_pod,
+    read_only_claim,
+    run_client,
+    wait_client,
+    wait_for,
+)
 from tests.kube import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -207,23 +216,6 @@ def test_helm_test_passes_under_the_environment_network_policy(real_kube: Kube, 
         logs = real_kube.kubectl("logs", "-n", installed.namespace, "-l", selector, "--tail=20", check=False)
         pytest.fail(f"helm test failed:\n{done.stdout[-1500:]}\n{done.stderr}\ntest pod log:\n{logs}")
     assert re.search(r"^Phase:\s+Succeeded$", done.stdout, re.M), done.stdout
-
-
-# A new pod's address reaches the policy controller's ipsets a moment after the pod starts: a client
-# in an admitted namespace first waits (30 s at most) until the Service answers it.
-REACHABLE = """
-import time, urllib.request
-def wait_reachable(url, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=3):
-                return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-"""
 
 
 def _smoke_script(installed: Installed) -> str:

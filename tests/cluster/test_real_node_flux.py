@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import CLUSTER, Kube, client_pod, run_client, wait_for
+from tests.cluster.conftest import CLUSTER, REACHABLE, Kube, client_pod, run_client, wait_for
 from tests.cluster.test_gitops_flux import DECL, FLUX, Remote, condition, flux_status, reconcile_source
 from tests.kube import ROOT
 
@@ -92,7 +92,13 @@ def loop(real_kube: Kube, node_image: str, tmp_path_factory: pytest.TempPathFact
     base = tmp_path_factory.mktemp("real-gitops")
     remote = Remote(base)
     repository, tag = node_image.rsplit(":", 1)
-    yaml_edit(remote, ENV_VALUES, {"image.repository": repository, "image.tag": tag, "image.pullPolicy": "Never"})
+    # By tag, with dev's digest cleared: CI's set-image writes a pushed image's digest, and an image imported
+    # into this node has no registry digest to write (the digest would win over the tag and name nothing here).
+    yaml_edit(
+        remote,
+        ENV_VALUES,
+        {"image.repository": repository, "image.tag": tag, "image.digest": "", "image.pullPolicy": "Never"},
+    )
     commit(remote, f"Deploy image {node_image} to {ENV.name}")
     model = yaml.safe_load((ROOT / MODEL_VALUES).read_text())["model"]
     next_image = image_with_version(real_kube, node_image, model["imageDirectory"], "2", base)
@@ -140,6 +146,7 @@ def get(path):
     request = urllib.request.Request({url!r} + path, headers={{"Connection": "close"}})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
+wait_reachable({url!r})  # dev's NetworkPolicy admits this new pod once the controller has its address
 seen = {{}}
 for _ in range(20):
     name = get("/v1/models")["models"][0]
@@ -156,7 +163,7 @@ def served_versions(kube: Kube, image: str) -> set[str]:
     url = (
         f"http://{service['metadata']['name']}.{ENV.namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
     )
-    phase, logs = run_client(kube, client_pod("versions", ENV.namespace, image, VERSIONS.format(url=url)))
+    phase, logs = run_client(kube, client_pod("versions", ENV.namespace, image, REACHABLE + VERSIONS.format(url=url)))
     assert phase == "Succeeded", logs
     return set(json.loads(logs.strip().splitlines()[-1]))
 
