@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NotRequired, TypedDict
 
 from model_server.train import DIABETES_ROWS
-from msops.local import free_port, rss_mib
+from msops.local import descendants, free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -211,19 +211,7 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server process and all its descendants."""
-        found, frontier = [], [self.popen.pid]
-        while frontier:
-            pid = frontier.pop()
-            found.append(pid)
-            try:
-                # Every thread's children: a process may fork from any of its threads.
-                children = [
-                    c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
-                ]
-            except OSError:
-                children = []
-            frontier.extend(int(c) for c in children)
-        return found
+        return descendants(self.popen.pid)
 
     def cpu_ticks(self) -> dict[int, int]:
         ticks = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from .local import free_port
+from .local import descendants, free_port
 from .tools import ROOT
 
 
@@ -99,18 +99,12 @@ class Container:
     def server_pids(self) -> list[int]:
         """The gunicorn processes of this container: descendants of `buildah run` running the venv's python."""
         assert self.process is not None
-        found, frontier = [], [self.process.pid]
-        while frontier:
-            pid = frontier.pop()
+        found = []
+        for pid in descendants(self.process.pid):
             try:
-                # Every thread's children: Go programs such as buildah fork from any thread.
-                children = [
-                    c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
-                ]
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            frontier.extend(int(child) for child in children)
             if argv[0].endswith(b"python3") and any(b"gunicorn" in arg for arg in argv):
                 found.append(pid)
         return found

@@ -36,6 +36,25 @@ def rss_mib(pids: list[int]) -> list[float]:
     return sizes
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``, forked from any of its threads (Go programs such as buildah fork
+    from any thread); none for a process that has exited."""
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents before their children."""
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        found.append(current)
+        frontier.extend(children(current))
+    return found
+
+
 @dataclass(frozen=True)
 class Launch:
     """How to start a process: argv, the variables added to the caller's environment, the directory."""

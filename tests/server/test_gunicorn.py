@@ -7,11 +7,11 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from msops import local
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROWS
@@ -60,8 +60,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def _worker_pids(master: int) -> set[int]:
-    tasks = Path(f"/proc/{master}/task").iterdir()
-    return {int(pid) for task in tasks for pid in (task / "children").read_text().split()}
+    return set(local.children(master))
 
 
 def _predict_traffic(url: str, requests_count: int = 20) -> None:
