@@ -14,15 +14,27 @@ settings = Settings.from_env()
 # Workers share metrics through files; a fresh directory per server start so counters restart at zero.
 metrics_dir = settings.metrics_dir or os.path.join(tempfile.gettempdir(), "model-server-metrics")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-# Created here, not in on_starting: preload_app imports the app (and its metrics) before that hook.
-shutil.rmtree(metrics_dir, ignore_errors=True)
+# Created here, not in on_starting: preload_app imports the app (and its metrics) before that hook. Only
+# once per master: a HUP reads this file again while the workers still write their counters there.
+if os.environ.get("_MODEL_SERVER_METRICS_DIR_OWNER") != str(os.getpid()):
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.environ["_MODEL_SERVER_METRICS_DIR_OWNER"] = str(os.getpid())
 os.makedirs(metrics_dir, exist_ok=True)
 # One BLAS thread per worker: workers are the parallelism; more threads only contend for the cores.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 wsgi_app = "model_server.wsgi:app"
-bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# The main port, and the health port (probes and /metrics only; model_server/worker.py) when set.
+bind = [_address(settings.host, settings.port)]
+if settings.health_port:
+    bind.append(_address(settings.host, settings.health_port))
 workers = settings.workers
 # gevent by default: keep-alive connections skip a TCP handshake per request, and a slow client
 # waits in a greenlet instead of holding a whole worker (the sync worker's weakness). Our subclass of
@@ -57,13 +69,11 @@ def child_exit(server, worker):
     metrics.worker_exited(worker.pid, metrics_dir)
 
 
-if settings.worker_class == "gevent" and settings.keepalive > 0:
-    # One turn per connection per event-loop iteration, or busy keep-alive connections starve the
-    # rest of the worker's (model_server/fairness.py). Without keep-alive each connection ends
-    # after one request: nothing to share.
-    from model_server import fairness
-
-    post_request = fairness.yield_to_other_connections
+if settings.worker_class == "gevent":
+    # Closes a connection whose refused body was left unread; then, with keep-alive, one turn per
+    # connection per event-loop iteration, or busy keep-alive connections starve the rest of the
+    # worker's (model_server/fairness.py).
+    from model_server.worker import after_request as post_request  # noqa: F401 - gunicorn reads it by name
 
 
 def pre_fork(server, worker):

@@ -169,6 +169,19 @@ namespace="{{ .Release.Namespace }}",service="{{ include "model-server.fullname"
 {{- end }}
 
 {{/* Directory the server loads the artifact from. */}}
+{{/*
+The port that answers probes and /metrics only: healthPort with gevent workers (the only class that
+can answer a probe while busy with a request), else 0 (probes use the main port).
+*/}}
+{{- define "model-server.healthPort" -}}
+{{- if eq .Values.server.workerClass "gevent" }}{{ .Values.healthPort | int }}{{ else }}0{{ end }}
+{{- end }}
+
+{{/* The container port name the probes and the ServiceMonitor use. */}}
+{{- define "model-server.probePort" -}}
+{{- if ne (include "model-server.healthPort" .) "0" }}health{{ else }}http{{ end }}
+{{- end }}
+
 {{- define "model-server.modelDir" -}}
 {{- if eq .Values.model.mode "image" }}
 {{- .Values.model.imageDirectory }}
@@ -219,6 +232,12 @@ Checks the schema cannot express. Each failure names the values involved.
 {{- end }}
 {{- if le (int $v.terminationGracePeriodSeconds) (add (int $v.preStopSleepSeconds) (int $v.server.gracefulTimeout)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d) + server.gracefulTimeout (%d), or in-flight requests are killed" (int $v.terminationGracePeriodSeconds) (int $v.preStopSleepSeconds) (int $v.server.gracefulTimeout)) }}
+{{- end }}
+{{- if and $v.healthPort (eq (int $v.healthPort) (int $v.containerPort)) }}
+{{- fail (printf "healthPort (%d) must differ from containerPort: set another port, or 0 to serve probes on containerPort" (int $v.healthPort)) }}
+{{- end }}
+{{- if lt (int64 $v.server.maxInflightBodyBytes) (int64 $v.server.maxBodyBytes) }}
+{{- fail (printf "server.maxInflightBodyBytes (%d) is less than server.maxBodyBytes (%d): a body the limit allows could never be read" (int64 $v.server.maxInflightBodyBytes) (int64 $v.server.maxBodyBytes)) }}
 {{- end }}
 {{- if and (not (kindIs "invalid" $v.service.nodePort)) (eq $v.service.type "ClusterIP") }}
 {{- fail "service.nodePort is set but service.type is ClusterIP: use NodePort or LoadBalancer" }}

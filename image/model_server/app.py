@@ -8,12 +8,14 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import logs, routes
+from .admission import BodyBudget
 from .config import Settings
 from .errors import ClientError
 from .fastpath import PredictionFastPath
-from .middleware import ROUTE_ENVIRON_KEY, Observability
+from .middleware import ROUTE_ENVIRON_KEY, Observability, RequestMetrics
 from .model import ModelHolder, configure_scikit_learn
 from .routes import json_response, status_and_message
+from .scheduler import Scheduler
 
 log = logging.getLogger("model_server.app")
 
@@ -60,14 +62,20 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(exc)
 
-    handlers = routes.register(app, holder, settings)
+    budget = BodyBudget(settings.max_inflight_body_bytes)
+    handlers = routes.register(app, holder, settings, budget)
 
-    def admit() -> None:
+    def scheduler() -> Scheduler | None:
         served = holder.served
-        if served is not None and served.scheduler is not None:
-            served.scheduler.admit()
+        return served.scheduler if served is not None else None
 
-    fast = PredictionFastPath(app.wsgi_app, app.url_map, handlers, settings.max_body_bytes, admit)
+    request_metrics = RequestMetrics()
+    fast = PredictionFastPath(
+        app.wsgi_app, app.url_map, handlers, settings.max_body_bytes, budget, scheduler, request_metrics
+    )
+    # The gevent worker (worker.py) sheds predictions, and answers them, from gunicorn's request head
+    # through these, before any WSGI request is built.
+    app.extensions["model_server.fastpath"] = fast
     # Flask's documented way to put WSGI middleware in front; mypy sees the assignment of a method.
-    app.wsgi_app = Observability(fast)  # type: ignore[method-assign]
+    app.wsgi_app = Observability(fast, request_metrics)  # type: ignore[method-assign]
     return app

@@ -138,6 +138,14 @@ class Setting:
 FIELDS: dict[str, Setting] = {
     "host": Setting("HOST", "127.0.0.1", "Address to bind; the image sets 0.0.0.0."),
     "port": Setting("PORT", "8080", "TCP port to bind.", Integer(1, 65535)),
+    "health_port": Setting(
+        "MODEL_SERVER_HEALTH_PORT",
+        "0",
+        "A second TCP port that answers only the health probes and /metrics, untouched by the main port's "
+        "connection cap, queue and deadlines, so a flooded main port cannot fail the probes (the main port keeps "
+        "answering them too); 0: none (gevent workers).",
+        Integer(0, 65535),
+    ),
     "workers": Setting("MODEL_SERVER_WORKERS", "2", "gunicorn worker processes.", Integer(1, 256)),
     "worker_class": Setting(
         "MODEL_SERVER_WORKER_CLASS",
@@ -213,6 +221,14 @@ FIELDS: dict[str, Setting] = {
         "Largest request body accepted; larger gets 413.",
         Integer(1024, 1 << 30),
     ),
+    "max_inflight_body_bytes": Setting(
+        "MODEL_SERVER_MAX_INFLIGHT_BODY_BYTES",
+        "33554432",
+        "Most request-body bytes one worker holds at once, summed over its requests being read or served; "
+        "a body that would pass it gets 503 with Retry-After before it is read (a body over "
+        "MODEL_SERVER_MAX_BODY_BYTES still gets 413). At least MODEL_SERVER_MAX_BODY_BYTES.",
+        Integer(1024, 1 << 34),
+    ),
     "max_rows": Setting(
         "MODEL_SERVER_MAX_ROWS", "10000", "Most rows one request may ask for; more gets 413.", Integer(1, 10_000_000)
     ),
@@ -277,6 +293,7 @@ FIELDS: dict[str, Setting] = {
 class Settings:
     host: str
     port: int
+    health_port: int
     workers: int
     worker_class: str
     worker_connections: int
@@ -290,6 +307,7 @@ class Settings:
     max_batch_delay_ms: int
     keepalive: int
     max_body_bytes: int
+    max_inflight_body_bytes: int
     max_rows: int
     log_level: str
     access_log: bool
@@ -312,9 +330,33 @@ class Settings:
         for f in fields(cls):
             setting = FIELDS[f.name]
             values[f.name] = setting.parse(setting.env, environ.get(setting.env, setting.default).strip())
+        _check_together(values)
         # Each value has its field's type by construction (the field's own setting parsed it), which
         # mypy cannot follow through a dict.
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _check_together(values: Mapping[str, object]) -> None:
+    """Settings that are each valid alone but cannot work together: ConfigError naming both."""
+
+    def env(name: str) -> str:
+        return FIELDS[name].env
+
+    if values["health_port"] and values["health_port"] == values["port"]:
+        raise ConfigError(f"{env('health_port')}={values['health_port']} is the same port as {env('port')}")
+    if values["health_port"] and values["worker_class"] != "gevent":
+        raise ConfigError(
+            f"{env('health_port')} needs {env('worker_class')}=gevent: a {values['worker_class']} worker busy with "
+            "a request cannot answer a probe on any port"
+        )
+    body, budget = values["max_body_bytes"], values["max_inflight_body_bytes"]
+    assert isinstance(body, int)
+    assert isinstance(budget, int)
+    if budget < body:
+        raise ConfigError(
+            f"{env('max_inflight_body_bytes')}={budget} is less than {env('max_body_bytes')}={body}: "
+            "a body the limit allows could never be read"
+        )
 
 
 def markdown_table() -> str:

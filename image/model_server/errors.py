@@ -58,5 +58,10 @@ class Overloaded(ClientError, status=503, headers=(("Retry-After", "1"),)):
     """More prediction work is waiting in this worker than it may queue: retry shortly, or elsewhere."""
 
 
+class BodyBudgetExceeded(ClientError, status=503, headers=(("Retry-After", "1"),)):
+    """This worker holds as many request-body bytes as it may: retry shortly, or elsewhere. The body was
+    not read, so the connection closes after the answer."""
+
+
 class ArtifactError(Exception):
     """A model artifact that cannot be served: missing, tampered, incompatible or unsafe."""

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 _NEXT_LOOP_ITERATION_S = 1e-6
 
 
+def next_turn() -> None:
+    """Let every other connection of this worker with a request waiting go first."""
+    gevent.sleep(_NEXT_LOOP_ITERATION_S)
+
+
 def yield_to_other_connections(worker: Worker, req: Request, environ: MutableMapping[str, Any], resp: Response) -> None:
     """post_request hook: let every other ready connection of this worker go first."""
-    gevent.sleep(_NEXT_LOOP_ITERATION_S)
+    next_turn()

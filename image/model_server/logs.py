@@ -53,20 +53,48 @@ class GunicornJsonLogger(GunicornBaseLogger):
         # access log's streams. Through logging.Formatter it cost ~15% of a small prediction's CPU.
         if not self.access_log.handlers:
             return
-        now = time.time()
+        self._write(
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            resp.status_code,
+            request_time.total_seconds(),
+            getattr(resp, "sent", None),
+            environ.get("REMOTE_ADDR"),
+            environ.get(REQUEST_ID_ENVIRON_KEY),
+            environ.get("HTTP_USER_AGENT"),
+        )
+
+    def access_direct(self, req: Request, remote: str | None, status: int, seconds: float, sent: int, rid: str) -> None:
+        """The same line for a request the worker answered without WSGI (fastpath.PredictionFastPath.direct)."""
+        if not self.access_log.handlers:
+            return
+        agent = next((value for name, value in req.headers if name == "USER-AGENT"), None)
+        self._write(req.method, req.path, status, seconds, sent, remote, rid, agent)
+
+    def _write(
+        self,
+        method: str | None,
+        path: str | None,
+        status: int | None,
+        seconds: float,
+        sent: int | None,
+        remote: str | None,
+        rid: str | None,
+        agent: str | None,
+    ) -> None:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+            "ts": _timestamp(time.time()),
             "level": "info",
             "logger": "gunicorn.access",
             "message": "request",
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "status": resp.status_code,
-            "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "bytes": getattr(resp, "sent", None),
-            "remote": environ.get("REMOTE_ADDR"),
-            "request_id": environ.get(REQUEST_ID_ENVIRON_KEY),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "bytes": sent,
+            "remote": remote,
+            "request_id": rid,
+            "user_agent": agent,
         }
         line = orjson.dumps(entry, default=str).decode() + "\n"
         for handler in self.access_log.handlers:
@@ -81,6 +109,18 @@ class GunicornJsonLogger(GunicornBaseLogger):
                 handler.handleError(logging.makeLogRecord({"msg": line}))
             finally:
                 handler.release()
+
+
+_second = (-1, "")
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the part up to the second formatted once per second."""
+    global _second
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
 
 
 def configure(level: str) -> None:

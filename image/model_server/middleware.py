@@ -7,9 +7,9 @@ per-request cost of a prediction.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -24,23 +24,42 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
 
-def request_id(incoming: str) -> str:
-    """The caller's X-Request-ID when it is a sane token, else a fresh one."""
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+def valid_request_id(incoming: str) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a fresh one (128 random bits, as hex: what
+    uuid4().hex gives, at a fifth of its cost)."""
+    return incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+
+
+class RequestMetrics:
+    """Each request's route, method, status and latency, into the request counter and latency histogram."""
+
+    def __init__(self) -> None:
+        # Label children cached per (route, method, status): labels() costs a locked lookup per call.
+        # Routes come from the URL map and methods from a fixed set, so clients cannot grow the series.
+        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def record(self, route: str, method: str, status: str, seconds: float) -> None:
+        key = (route, method if method in _METHODS else "other", status)
+        children = self._series.get(key)
+        if children is None:
+            children = self._series[key] = (
+                metrics.REQUESTS.labels(route=key[0], method=key[1], status=key[2]),
+                metrics.LATENCY.labels(route=route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class Observability:
     """Echoes or assigns X-Request-ID and records each request's route, method, status and latency."""
 
-    def __init__(self, app: WSGIApplication) -> None:
+    def __init__(self, app: WSGIApplication, request_metrics: RequestMetrics | None = None) -> None:
         self.app = app
-        # Label children cached per (route, method, status): labels() costs a locked lookup per call.
-        # Routes come from the URL map and methods from a fixed set, so clients cannot grow the series.
-        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self.request_metrics = request_metrics or RequestMetrics()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        rid = request_id(environ.get("HTTP_X_REQUEST_ID", ""))
+        rid = valid_request_id(environ.get("HTTP_X_REQUEST_ID", ""))
         environ[REQUEST_ID_ENVIRON_KEY] = rid
         status = ["500"]
 
@@ -50,15 +69,10 @@ class Observability:
             return start_response(status_line, headers, exc_info)
 
         body = self.app(environ, start)
-        route = environ.get(ROUTE_ENVIRON_KEY, "unmatched")
-        method = environ.get("REQUEST_METHOD", "")
-        key = (route, method if method in _METHODS else "other", status[0])
-        children = self._series.get(key)
-        if children is None:
-            children = self._series[key] = (
-                metrics.REQUESTS.labels(route=key[0], method=key[1], status=key[2]),
-                metrics.LATENCY.labels(route=route),
-            )
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        self.request_metrics.record(
+            environ.get(ROUTE_ENVIRON_KEY, "unmatched"),
+            environ.get("REQUEST_METHOD", ""),
+            status[0],
+            time.perf_counter() - started,
+        )
         return body

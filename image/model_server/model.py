@@ -30,6 +30,7 @@ class Served:
     default_outputs: tuple[str, ...]
     window: drift.Window | None = None  # this worker's recent rows, for the drift scores
     scheduler: Scheduler | None = None  # this worker's prediction queue
+    batching: str = ""  # whether concurrent requests are merged into one model call, and why
 
     @property
     def version(self) -> str:
@@ -105,7 +106,7 @@ class ModelHolder:
         window = drift.Window(loaded.signature, settings.drift_window) if settings.drift_window else None
         batch_rows, batching = self._batch_rows(runner)
         scheduler = Scheduler(settings.max_queue, batch_rows, settings.max_batch_delay_ms / 1000)
-        self.served = Served(loaded, runner, settings.default_outputs, window, scheduler)
+        self.served = Served(loaded, runner, settings.default_outputs, window, scheduler, batching)
         self.error = ""
         metrics.MODEL_INFO.labels(name=self.name, version=loaded.version).set(1)
         metrics.MODEL_READY.set(1)
@@ -129,10 +130,8 @@ class ModelHolder:
         configured = self._settings.max_batch_size
         if configured is not None:
             return configured, f"{configured} rows (MODEL_SERVER_MAX_BATCH_SIZE)"
-        pays, fixed = batching_pays(runner, self._settings.default_outputs)
-        if pays:
-            return DEFAULT_BATCH_ROWS, f"up to {DEFAULT_BATCH_ROWS} rows (a call's fixed cost is {fixed * 1e6:.0f} us)"
-        return 1, f"off (a call's fixed cost is {fixed * 1e6:.0f} us, less than merging costs)"
+        pays, why = batching_pays(runner)
+        return (DEFAULT_BATCH_ROWS if pays else 1), why
 
     def ready(self) -> bool:
         if self.served is not None:

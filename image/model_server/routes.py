@@ -10,15 +10,14 @@ shell: the only one that turns a ClientError into a status.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from wsgiref.types import WSGIEnvironment
 
 import orjson
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
-from werkzeug.wsgi import LimitedStream, get_content_length
 
 from . import __version__, drift, explain, jsonbody, metrics, openapi, v1, v2
+from .admission import BodyBudget, request_body
 from .config import Settings
 from .errors import BadRequest, ClientError, UnsupportedMediaType
 from .model import ModelHolder, Served
@@ -62,33 +61,13 @@ def json_response(payload: object, status: int = 200) -> Response:
     return Response(dumps(payload), status=status, mimetype="application/json")
 
 
-def read_body(environ: WSGIEnvironment, max_body_bytes: int) -> bytes:
-    """The request body, or RequestEntityTooLarge past ``max_body_bytes``. Both the Flask views and the
-    fast path read it here, so they answer alike.
-
-    Werkzeug's own pieces decide: ``get_content_length`` reads the headers (none when absent or chunked;
-    0 when malformed or negative) and ``LimitedStream`` reads (a body that ends short of its length is
-    ClientDisconnected, 400). One difference from ``request.get_data``: a chunked body past the limit
-    is refused, where Werkzeug's read stops at the limit and returns the body cut short.
-    """
-    length = get_content_length(environ)
-    stream = environ["wsgi.input"]
-    if length is not None:
-        if length > max_body_bytes:
-            raise RequestEntityTooLarge()
-        return LimitedStream(stream, length).read()
-    if "wsgi.input_terminated" not in environ:
-        return b""  # no length and a stream the server does not end: WSGI says there is no body to read
-    data = LimitedStream(stream, max_body_bytes + 1, is_max=True).read()  # one byte past the limit tells
-    if len(data) > max_body_bytes:
-        raise RequestEntityTooLarge()
-    return data
-
-
-def _flask_prediction(handler: Handler, max_body_bytes: int, binary: bool = False, **args: str | None) -> Response:
+def _flask_prediction(
+    handler: Handler, max_body_bytes: int, budget: BodyBudget, binary: bool = False, **args: str | None
+) -> Response:
     """A prediction handler run from Flask (the fast path in fastpath.py runs the same handler)."""
     header = request.headers.get(v2.BINARY_HEADER) if binary else None
-    body, headers = handler(read_body(request.environ, max_body_bytes), request.mimetype, header, args)
+    with request_body(request.environ, max_body_bytes, budget) as raw:
+        body, headers = handler(raw, request.mimetype, header, args)
     return Response(body, headers=headers)
 
 
@@ -99,7 +78,7 @@ class ModelNameConverter(BaseConverter):
     regex = "[^/:]+"
 
 
-def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, Handler]:
+def register(app: Flask, holder: ModelHolder, settings: Settings, budget: BodyBudget) -> dict[str, Handler]:
     """Add every route to ``app``; return the prediction handlers by endpoint, for the fast path."""
     app.url_map.converters["model"] = ModelNameConverter
 
@@ -155,7 +134,9 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
     @app.post("/v2/models/<model:name>/infer")
     @app.post("/v2/models/<model:name>/versions/<model:version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
-        return _flask_prediction(infer_handler, settings.max_body_bytes, binary=True, name=name, version=version)
+        return _flask_prediction(
+            infer_handler, settings.max_body_bytes, budget, binary=True, name=name, version=version
+        )
 
     # ---- KServe V1 ----------------------------------------------------------------------
     @app.get("/v1/models")
@@ -180,7 +161,7 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     @app.post("/v1/models/<model:name>:predict")
     def predict_v1(name: str) -> Response:
-        return _flask_prediction(v1_handler, settings.max_body_bytes, name=name)
+        return _flask_prediction(v1_handler, settings.max_body_bytes, budget, name=name)
 
     def explain_handler(raw: bytes, mimetype: str, header: str | None, args: Mapping[str, str | None]) -> Prediction:
         served = holder.require(args["name"] or "")
@@ -196,11 +177,11 @@ def register(app: Flask, holder: ModelHolder, settings: Settings) -> dict[str, H
 
     @app.post("/v1/models/<model:name>:explain")
     def explain_v1(name: str) -> Response:
-        return _flask_prediction(explain_handler, settings.max_body_bytes, name=name)
+        return _flask_prediction(explain_handler, settings.max_body_bytes, budget, name=name)
 
     @app.post("/predict")
     def predict_alias() -> Response:
-        return _flask_prediction(v1_handler, settings.max_body_bytes)
+        return _flask_prediction(v1_handler, settings.max_body_bytes, budget)
 
     # ---- Operations -------------------------------------------------------------------
     @app.get("/metrics")
@@ -237,6 +218,7 @@ def metadata(name: str, served: Served) -> dict[str, object]:
         "task": description.task,
         "estimator": description.estimator,
         "default_outputs": list(served.default_outputs),
+        "batching": served.batching,
         "feature_names": list(runner.signature.names),
     }
     if description.classes is not None:

@@ -158,6 +158,12 @@ class ModelRunner:
         matrix = np.asarray(self.encode(batch), dtype=np.float64)
         return matrix.mean(axis=0).tolist() if np.isfinite(matrix).all() else None
 
+    @property
+    def final_estimator(self) -> Any:
+        """The estimator that makes the predictions: a Pipeline's last step, else the model."""
+        steps = getattr(self.model, "steps", None)
+        return steps[-1][1] if steps else self.model
+
     def unavailable(self) -> dict[str, str]:
         """Outputs a client may name that this model cannot give, with the reason."""
         if self.explainer is not None:

@@ -22,6 +22,7 @@ loop to wait in: work runs inline in the request's own thread.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,8 +44,6 @@ log = logging.getLogger("model_server.scheduler")
 # Any positive delay resumes a greenlet after the event loop's next poll (see fairness.py): between
 # two turns, every connection whose request has arrived gets to queue it (or be shed).
 _NEXT_LOOP_ITERATION_S = 1e-6
-# Batching pays when a call's fixed cost is more than what merging and splitting a request costs.
-FIXED_COST_WORTH_BATCHING_S = 100e-6
 DEFAULT_BATCH_ROWS = 64
 
 
@@ -59,31 +58,49 @@ class Job:
 
 
 def cooperative() -> bool:
-    """True inside a gevent worker (monkey-patched sockets): work can wait in an event loop."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return bool(monkey.is_module_patched("socket"))
+    """True inside a gevent worker (monkey-patched sockets): work can wait in an event loop. Asked per
+    request, so answered once per process (a gevent worker patches right after it forks)."""
+    pid = os.getpid()
+    known = _COOPERATIVE.get(pid)
+    if known is None:
+        try:
+            from gevent import monkey
+        except ImportError:
+            known = False
+        else:
+            known = bool(monkey.is_module_patched("socket"))
+        _COOPERATIVE.clear()
+        _COOPERATIVE[pid] = known
+    return known
 
 
-def batching_pays(runner: ModelRunner, outputs: tuple[str, ...], repeats: int = 5) -> tuple[bool, float]:
-    """Time the model on 1 and 32 example rows: (whether a call's fixed cost is worth merging calls
-    for, that fixed cost in seconds)."""
+_COOPERATIVE: dict[int, bool] = {}
+OVERLOADED = "this worker's prediction queue is full (MODEL_SERVER_MAX_QUEUE requests are waiting); retry in a moment"
 
-    def best(rows: int) -> float:
-        batch = runner.example_batch(rows)
-        runner.run(batch, outputs)  # warm
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            runner.run(batch, outputs)
-            times.append(time.perf_counter() - started)
-        return min(times)
 
-    one, many = best(1), best(32)
-    fixed = one - (many - one) / 31
-    return fixed > FIXED_COST_WORTH_BATCHING_S, fixed
+def batching_pays(runner: ModelRunner) -> tuple[bool, str]:
+    """Whether merging concurrent requests into one model call pays for this model, and why: decided from the
+    model and the path that serves it, so every pod serving the same artifact with the same settings decides
+    alike. (A load-time timing used to decide; a 100-tree forest's fixed cost measured ~100 us, right at its
+    threshold, so pods of one deployment could disagree.)
+
+    A call's cost that does not depend on its rows is what merging shares out: every tree of an ensemble is
+    walked whatever the rows, and scikit-learn's own methods check their input (and build a DataFrame)
+    per call. Linear arithmetic on the fast path or a compiled plan costs per row (~8 us and ~40 us per call
+    in all, measured), less than merging and splitting requests costs.
+    """
+    from sklearn.base import is_classifier, is_regressor
+    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel
+
+    final = runner.final_estimator
+    path = runner.description.path
+    trees = getattr(final, "n_estimators", None) or getattr(final, "max_iter", None)
+    if path.startswith("compiled") or path == "linear fast path":
+        if isinstance(final, LinearModel | LinearClassifierMixin):
+            return False, f"off: {path} costs per row, and merging would cost more than it shares"
+        if isinstance(trees, int) and (is_classifier(final) or is_regressor(final) or hasattr(final, "estimators_")):
+            return True, f"up to {DEFAULT_BATCH_ROWS} rows: {path} walks all {trees} trees whatever a call's rows"
+    return True, f"up to {DEFAULT_BATCH_ROWS} rows: {path} pays scikit-learn's per-call input checks whatever the rows"
 
 
 class Scheduler:
@@ -92,18 +109,20 @@ class Scheduler:
         self.max_batch_rows = max_batch_rows
         self.max_batch_delay_s = max_batch_delay_s
         self._queue: deque[Job] = deque()
+        self._last_turn_jobs = 0  # jobs the executor's last turn ran: was there company to wait for?
         self._wake: Event | None = None
         self._executor: Greenlet[[Event], None] | None = None
+
+    def full(self) -> bool:
+        """Whether a prediction arriving now would be shed (only gevent workers queue)."""
+        return len(self._queue) >= self.max_queue and cooperative()
 
     def admit(self) -> None:
         """Refuse at once (Overloaded) when the queue is full: called before a request's body is read or
         parsed, so shedding costs as little as it can."""
-        if len(self._queue) >= self.max_queue and cooperative():
+        if self.full():
             metrics.shed("queue").inc()
-            raise Overloaded(
-                f"{len(self._queue)} requests are already waiting in this worker (MODEL_SERVER_MAX_QUEUE); "
-                "retry in a moment"
-            )
+            raise Overloaded(OVERLOADED)
 
     def run(self, runner: ModelRunner, batch: Batch, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The outputs for ``batch``, computed in turn; Overloaded when the queue is full."""
@@ -142,13 +161,16 @@ class Scheduler:
                 wake.clear()
                 wake.wait()
                 continue
-            if self.max_batch_delay_s and self._queue_rows() < self.max_batch_rows:
-                # Let company arrive, but no request waits longer than the delay in all.
+            alone = len(self._queue) == 1 and self._last_turn_jobs <= 1
+            if self.max_batch_delay_s and not alone and self._queue_rows() < self.max_batch_rows:
+                # Let company arrive, but no request waits longer than the delay in all. A request alone
+                # after a turn that was alone too (one client at a time) does not wait: nobody would join.
                 oldest = self._queue[0].queued_at
                 gevent.sleep(max(0.0, oldest + self.max_batch_delay_s - time.perf_counter()))
             # One turn serves what is queued now (at most max_queue jobs), then lets every connection
             # with a request waiting queue it, be shed, or get its probe answered.
             waiting = [self._queue.popleft() for _ in range(len(self._queue))]
+            self._last_turn_jobs = len(waiting)
             try:
                 for group in self._groups([job for job in waiting if not job.abandoned]):
                     self._run(group)

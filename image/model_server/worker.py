@@ -11,18 +11,26 @@ GeventWorker, and why:
   worker_connections connections, and the rest wait in the kernel's backlog, health checks among
   them, until a slot frees. Here connections are always accepted; past the cap a connection has a
   second to show its request line: a probe (``/v2/health/*``) or ``/metrics`` is answered, anything
-  else gets 503 with ``Retry-After`` at once and is closed.
-* **Drain without dropping a request.** On SIGTERM the worker takes every connection already
-  waiting to be accepted, then stops the listening socket (new connections are refused, not
-  reset), and keeps each open connection until its next request, which is answered with
-  ``Connection: close``, or until it closes or stays idle for the keep-alive limit, within the
-  graceful timeout.
+  else gets 503 with ``Retry-After`` at once and is closed. With MODEL_SERVER_HEALTH_PORT the probes
+  have a listener of their own that neither the cap, the queue nor the main port's deadlines touch.
+* **Cheap shedding.** A prediction that this worker's full queue would refuse is answered from a
+  ready-made 503 as soon as its head is parsed: no WSGI environ, no middleware, no body read. Its
+  connection's next request is then read only after a pause well inside the ``Retry-After`` it was
+  given: a client that retries at once (most do) would otherwise be shed again on every loop turn,
+  and under overload the sheds, however cheap, would crowd out the predictions.
+* **Drain without dropping a request.** On SIGTERM the worker keeps each open connection until its
+  next request, which is answered with ``Connection: close``, or until it closes or stays idle for
+  the keep-alive limit, within the graceful timeout. When the whole server stops (the master has
+  let go of the listening socket) the worker also takes every connection already waiting to be
+  accepted and stops the socket, so new connections are refused, not reset. When only this worker
+  leaves (a TERM to it, HUP, TTOU, max_requests) the socket is the siblings' too and stays open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import time
 from functools import partial
@@ -36,17 +44,30 @@ from gunicorn import http, util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import metrics
+from . import fairness, metrics
+from .admission import CLOSE_CONNECTION_ENVIRON_KEY
 from .config import Settings
 from .errors import RequestTimeout
+from .logs import GunicornJsonLogger
 
 BODY_BYTES_PER_SECOND = 64 * 1024  # the slowest upload the body deadline allows for, at the body limit
 OVER_CAP_GRACE_S = 1.0  # how long a connection past the cap may take to show its request line
 OVER_CAP_HANDLERS = 64  # connections past the cap being looked at at once; more are closed unread
 PROBE_PATHS = (b"/v2/health/", b"/metrics")
+# The health listener serves kubelet and Prometheus: a few connections, small requests, no bodies.
+HEALTH_CONNECTIONS = 64
+HEALTH_HEADER_TIMEOUT_S = 5.0
+# A connection closed with a request body unread: how long its remaining bytes are read and dropped so the
+# client sees the answer instead of a reset (the kernel resets a connection closed with unread data).
+LINGER_S = 1.0
 _ACCEPT_PER_TURN = 4
 _HEARTBEAT_S = 1.0  # how often the worker tells the master it is alive
 _POLL_S = 0.05  # how often the drain looks for connections still open
+_SHED_KEEPALIVE_MAX_BODY = 64 * 1024  # a shed request's body up to this is skipped; longer ones close
+# After a shed, the connection's next request waits this long (its Retry-After says 1 s). Measured with 256
+# keep-alive connections against 2 workers (docs/reliability.md): without it, sheds ran at ~20 000/s and
+# the predictions served fell to a tenth of the unloaded rate.
+SHED_PAUSE_S = 0.1
 
 
 def _plain_response(status: str, message: bytes, extra: bytes = b"") -> bytes:
@@ -67,12 +88,32 @@ _OVER_CAPACITY = _plain_response(
     "503 Service Unavailable", b"this worker holds its most connections; retry in a moment", b"Retry-After: 1\r\n"
 )
 _HEADER_TIMEOUT = _plain_response("408 Request Timeout", b"the request headers did not arrive in time")
+_HEALTH_ONLY = _plain_response(
+    "404 Not Found", b"this port answers only GET /v2/health/live, /v2/health/ready and /metrics"
+)
 
 
 def _quiet_timeout(seconds: float) -> gevent.Timeout:
     """A deadline that, when it passes, ends its ``with`` block quietly instead of raising."""
     # gevent documents False as the silent exception; its stub admits only exceptions.
     return gevent.Timeout(seconds, False)  # type: ignore[arg-type]
+
+
+def master_holds(listener: socket.socket, master_pid: int) -> bool:
+    """Whether process ``master_pid`` still has ``listener`` open. gunicorn's master closes its listeners
+    before it signals the workers to stop the whole server, and keeps them when one worker leaves (HUP,
+    TTOU, a signal to that worker, max_requests). Where /proc cannot tell, True: never take the socket
+    away from the siblings."""
+    try:
+        wanted = f"socket:[{os.fstat(listener.fileno()).st_ino}]"
+        entries = list(os.scandir(f"/proc/{master_pid}/fd"))
+    except OSError:
+        return True
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if os.readlink(entry.path) == wanted:
+                return True
+    return False
 
 
 class _Server(StreamServer):
@@ -93,23 +134,29 @@ class ModelServerWorker(GeventWorker):
         settings = Settings.from_env()
         self.connection_cap = settings.worker_connections
         self.header_timeout = settings.header_timeout
+        self.health_port = settings.health_port
         self.request_deadline = settings.header_timeout + settings.max_body_bytes / BODY_BYTES_PER_SECOND
         self.open_connections = 0
+        self.health_connections = 0
         self.over_cap = 0
         self.drain_deadline = float("inf")
         self.connections = Group()
+        self.fastpath: Any = None  # the app's fastpath.PredictionFastPath, found in run()
         self._stopping: Event | None = None
 
     # ---- serving -------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        # The app's fast path sheds and answers predictions straight from gunicorn's request head.
+        self.fastpath = getattr(self.wsgi, "extensions", {}).get("model_server.fastpath")
         servers = []
         for listener in self.sockets:
             listener.setblocking(True)
+            handle = self.handle_health if self._is_health(listener) else self.handle
             # spawn into a Group, not a Pool: accepting never stops; the cap is enforced per connection.
             # type: ignore: mypy cannot match Group.spawn's ParamSpec signature to the stub's spawn protocol.
             server = _Server(  # type: ignore[call-overload]
-                listener, handle=partial(self.handle, listener), spawn=self.connections.spawn
+                listener, handle=partial(handle, listener), spawn=self.connections.spawn
             )
             if self.cfg.workers > 1:
                 # gunicorn takes one connection per loop turn so workers share them evenly; a few keep
@@ -122,6 +169,12 @@ class ModelServerWorker(GeventWorker):
             self.notify()
             self._stopping.wait(_HEARTBEAT_S)
         self.drain(servers)
+
+    def _is_health(self, listener: Any) -> bool:
+        if not self.health_port:
+            return False
+        address = listener.getsockname()
+        return isinstance(address, tuple) and address[1] == self.health_port
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -139,19 +192,54 @@ class ModelServerWorker(GeventWorker):
         finally:
             self.open_connections -= 1
 
-    def _serve(self, listener: Any, client: Any, addr: Any) -> None:
+    def handle_health(self, listener: Any, client: Any, addr: Any) -> None:
+        """A connection to the health listener: probes and /metrics only, under limits of its own."""
+        client.setblocking(1)
+        self.health_connections += 1
+        try:
+            if self.health_connections > HEALTH_CONNECTIONS:
+                util.close(client)
+                return
+            self._serve(listener, client, addr, health=True)
+        finally:
+            self.health_connections -= 1
+
+    def _serve(self, listener: Any, client: Any, addr: Any, health: bool = False) -> None:
         parser = http.get_parser(self.cfg, client, addr)
         listener_name = listener.getsockname()
         first = True
+        linger = False
         try:
             while True:
-                req = self._next_request(parser, first)
+                req = self._next_request(parser, first, HEALTH_HEADER_TIMEOUT_S if health else self.header_timeout)
                 if req is None:
                     if first:
                         self._reply(client, _HEADER_TIMEOUT)
                     return
                 first = False
+                if health and not (req.method in ("GET", "HEAD") and req.path.encode().startswith(PROBE_PATHS)):
+                    self._reply(client, _HEALTH_ONLY)
+                    return
+                fast = None if health else self.fastpath
+                refused = None if fast is None else fast.refusal(req.method, req.path, req.headers)
+                if refused is not None:
+                    self._reply(client, refused)
+                    if req.should_close() or not _body_skippable(req):
+                        linger = True
+                        return
+                    if self.alive:
+                        gevent.sleep(SHED_PAUSE_S)
+                    continue
+                answered = None if fast is None else self._answer_direct(fast, req, client, addr)
+                if answered is not None:
+                    if answered.close:
+                        linger = not _body_consumed(req)
+                        return
+                    continue
                 self.handle_request(listener_name, req, client, addr)
+                if req.must_close and not _body_consumed(req):
+                    linger = True
+                    return
                 if not self.cfg.keepalive:
                     return
         except NoMoreData:
@@ -164,16 +252,15 @@ class ModelServerWorker(GeventWorker):
         except Exception as exc:
             self.handle_error(None, client, addr, exc)
         finally:
+            if linger:
+                _linger(client)
             util.close(client)
 
-    def _next_request(self, parser: Any, first: bool) -> Any:
+    def _next_request(self, parser: Any, first: bool, header_timeout: float) -> Any:
         """The next request's head within its deadline, or None when it did not come in time."""
-        if first:
-            limit = self.header_timeout
-        else:
-            # Keep-alive: the usual idle limit. While draining too (capped by the graceful deadline): a
-            # client still using the connection sends within it and is answered with Connection: close.
-            limit = min(self.cfg.keepalive, max(0.0, self.drain_deadline - time.monotonic()))
+        # After the first, the keep-alive idle limit. While draining too (capped by the graceful deadline): a
+        # client still using the connection sends within it and is answered with Connection: close.
+        limit = header_timeout if first else min(self.cfg.keepalive, max(0.0, self.drain_deadline - time.monotonic()))
         with _quiet_timeout(limit):
             return next(parser)
         return None
@@ -183,6 +270,33 @@ class ModelServerWorker(GeventWorker):
         # trickles either cannot hold the connection. Inside the app it surfaces as a 408.
         with gevent.Timeout(self.request_deadline, RequestTimeout("the request body did not arrive in time")):
             return super().handle_request(listener_name, req, sock, addr)
+
+    def _answer_direct(self, fast: Any, req: Any, client: Any, addr: Any) -> Any:
+        """A prediction answered by the app's fast path without WSGI (fastpath.PredictionFastPath.direct), under
+        the same deadline, request count, access log and per-request yield as gunicorn's own path; None when
+        the fast path does not take it."""
+        started = time.perf_counter()
+        keep_alive = bool(self.alive and self.cfg.keepalive and not req.should_close())
+        with gevent.Timeout(self.request_deadline, RequestTimeout("the request body did not arrive in time")):
+            answer = fast.direct(req, keep_alive)
+            if answer is None:
+                return None
+            try:
+                client.sendall(answer.data)
+            except RequestTimeout:
+                raise StopIteration from None  # the client does not take its answer: close
+        self.nr += 1
+        if self.nr >= self.max_requests and self.alive:
+            self.log.info("Autorestarting worker after current request.")
+            self.alive = False
+        remote = addr[0] if isinstance(addr, tuple) else None
+        if isinstance(self.log, GunicornJsonLogger):
+            self.log.access_direct(
+                req, remote, answer.status, time.perf_counter() - started, answer.body_bytes, answer.request_id
+            )
+        if not answer.close and self.cfg.keepalive:
+            fairness.next_turn()
+        return answer
 
     def _over_capacity(self, listener: Any, client: Any, addr: Any) -> None:
         """Past the cap: answer a probe or /metrics, refuse anything else quickly."""
@@ -218,12 +332,16 @@ class ModelServerWorker(GeventWorker):
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
         for server, listener in servers:
             server.stop_accepting()
-            self._accept_waiting(listener)
-            # Takes the socket out of listening for every process that shares it: a new connection is
-            # refused (the client tries elsewhere) instead of waiting in a backlog nobody reads. Another
-            # worker may have done it already.
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RD)
+            if not master_holds(listener, self.ppid):
+                # The whole server is stopping: serve what completed its handshake already, then take the
+                # socket out of listening for every process that shares it, so a new connection is refused
+                # (the client tries elsewhere) instead of waiting in a backlog nobody reads. Another worker
+                # may have done it already.
+                self._accept_waiting(listener)
+                with contextlib.suppress(OSError):
+                    listener.shutdown(socket.SHUT_RD)
+            # Otherwise only this worker leaves: the master and the siblings keep the socket listening,
+            # and closing this process's descriptor leaves theirs untouched.
             util.close(listener)
         while self.connections and time.monotonic() < self.drain_deadline:
             self.notify()
@@ -241,3 +359,44 @@ class ModelServerWorker(GeventWorker):
             except OSError:  # nothing waiting (EAGAIN), or the socket already stopped listening
                 return
             self.connections.spawn(self.handle, listener, client, addr)
+
+
+def after_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """gunicorn's post_request hook for this worker: close the connection when the app refused a body it did
+    not read (its rest would otherwise be read and dropped before the next request), then let the worker's
+    other connections have their turn (fairness.py)."""
+    if environ.get(CLOSE_CONNECTION_ENVIRON_KEY):
+        req.must_close = True
+    if worker.cfg.keepalive:
+        fairness.yield_to_other_connections(worker, req, environ, resp)
+
+
+def _header(req: Any, name: str) -> str | None:
+    for key, value in req.headers:
+        if key == name:
+            return str(value)
+    return None
+
+
+def _body_skippable(req: Any) -> bool:
+    """Whether a refused request's unread body is short enough to skip and keep the connection: a declared
+    length, small, and no client waiting for ``100 Continue`` before it sends it."""
+    if _header(req, "EXPECT") is not None or _header(req, "TRANSFER-ENCODING") is not None:
+        return False
+    length = _header(req, "CONTENT-LENGTH")
+    return length is None or (length.isdigit() and int(length) <= _SHED_KEEPALIVE_MAX_BODY)
+
+
+def _body_consumed(req: Any) -> bool:
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    return getattr(reader, "length", 1) == 0
+
+
+def _linger(client: Any) -> None:
+    """Stop sending, then read and drop what the client is still sending for a moment, so it reads the
+    answer instead of a reset."""
+    with contextlib.suppress(OSError):
+        client.shutdown(socket.SHUT_WR)
+        with _quiet_timeout(LINGER_S):
+            while client.recv(65536):
+                pass

@@ -146,7 +146,20 @@ def test_network_policy_admits_the_gateway_the_scraper_the_test_pod_and_extra_ru
     assert policy["egress"][0]["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
     extra = server_policy(template("chart/ci/pvc-values.yaml"))["spec"]
-    assert extra["ingress"][1]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+    # Callers reach the serving port; the scraper only the health port, where /metrics is; then extraIngress.
+    callers, scraper, extra_rule = extra["ingress"]
+    assert callers["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert scraper == {
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ],
+        "ports": [{"port": "health", "protocol": "TCP"}],
+    }
+    assert all("monitoring" not in str(source) for source in callers["from"])
+    assert extra_rule["from"] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
     assert extra["policyTypes"] == ["Ingress", "Egress"]
     # DNS, the artifact host (its block, the https port), then extraEgress.
     assert [rule["ports"][0]["port"] for rule in extra["egress"]] == [53, 443, 4317]

@@ -46,9 +46,12 @@ def test_deployment_defaults(defaults):
     server = container(defaults)
     assert server["image"] == "ghcr.io/model-server-gitops/model-server:0.1.0"
     assert server["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
-    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Probes go to the health port, which the main port's connection cap and queue never touch.
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health"}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "health"}
+    assert {"name": "health", "containerPort": 8082, "protocol": "TCP"} in server["ports"]
+    assert one(defaults, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "8082"
     assert server["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}
     assert server["resources"]["limits"] == {"cpu": "2", "memory": "512Mi", "ephemeral-storage": "256Mi"}
     assert {"name": "tmp", "mountPath": "/tmp"} in server["volumeMounts"]
@@ -94,14 +97,32 @@ def test_a_new_chart_version_alone_does_not_roll_the_pods(defaults, tmp_path):
 
 
 def test_port_is_parameterized_end_to_end():
-    docs = template(sets=("containerPort=9090", "service.port=8081", "service.portName=api"))
+    docs = template(sets=("containerPort=9090", "healthPort=9091", "service.port=8081", "service.portName=api"))
     server = container(docs)
-    assert server["ports"] == [{"name": "http", "containerPort": 9090, "protocol": "TCP"}]
-    assert server["readinessProbe"]["httpGet"]["port"] == "http"
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 9090, "protocol": "TCP"},
+        {"name": "health", "containerPort": 9091, "protocol": "TCP"},
+    ]
+    assert server["readinessProbe"]["httpGet"]["port"] == "health"
     assert one(docs, "ConfigMap")["data"]["PORT"] == "9090"
-    port = one(docs, "Service")["spec"]["ports"][0]
-    assert (port["name"], port["port"], port["targetPort"]) == ("api", 8081, "http")
+    assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "9091"
+    api, health = one(docs, "Service")["spec"]["ports"]
+    assert (api["name"], api["port"], api["targetPort"]) == ("api", 8081, "http")
+    assert (health["name"], health["port"], health["targetPort"]) == ("health", 9091, "health")
     assert "8081" in one(docs, "Pod")["spec"]["containers"][0]["args"][0]
+
+
+@pytest.mark.parametrize("sets", [("healthPort=0",), ("server.workerClass=sync",)], ids=["off", "sync workers"])
+def test_without_a_health_port_probes_and_scrapes_use_the_serving_port(sets):
+    # A sync or gthread worker busy with a request answers no port, so the server refuses a health port
+    # for them: the chart then renders none.
+    docs = template(sets=(*sets, "serviceMonitor.enabled=true"))
+    server = container(docs)
+    assert [port["name"] for port in server["ports"]] == ["http"]
+    assert server["livenessProbe"]["httpGet"]["port"] == "http"
+    assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "0"
+    assert [port["name"] for port in one(docs, "Service")["spec"]["ports"]] == ["http"]
+    assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http"
 
 
 def test_server_settings_reach_the_configmap_and_roll_pods():
@@ -209,7 +230,8 @@ def test_network_policy_denies_everything_but_listed_sources():
         for s in rule["from"]
         if "namespaceSelector" in s
     ]
-    assert namespaces == ["frontend", "ingress-nginx", "monitoring"]
+    # The scraper (monitoring) has a rule of its own, for the health port only (test_extensions.py).
+    assert namespaces == ["frontend", "ingress-nginx"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway"}}} in rule["from"]
     denied = one(template(sets=("networkPolicy.enabled=true", "tests.enabled=false")), "NetworkPolicy")
     assert denied["spec"]["ingress"] == []

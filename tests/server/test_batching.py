@@ -183,11 +183,45 @@ def test_sigterm_answers_requests_still_waiting_for_company(start_server, forest
     assert server.process.wait(15) == 0
 
 
-def test_batching_is_measured_on_for_a_forest_and_off_for_the_linear_fast_path(artifact_dir, forest_dir):
-    for directory, pays in ((forest_dir, True), (artifact_dir, False)):
+def test_batching_is_decided_by_the_model_the_same_way_every_time(artifact_dir, forest_dir, penguins_dir):
+    """On for a tree ensemble and for scikit-learn's own methods, off for linear arithmetic; no timing, so
+    every pod decides alike (a 100-tree forest's timed fixed cost sat right at the old threshold)."""
+    cases = [
+        (forest_dir, True, True, "walks all 40 trees"),
+        (artifact_dir, True, False, "linear fast path costs per row"),
+        (penguins_dir, True, False, "compiled LogisticRegression costs per row"),
+        (artifact_dir, False, True, "per-call input checks"),
+        (penguins_dir, False, True, "per-call input checks"),
+    ]
+    for directory, compiled, pays, reason in cases:
         loaded = artifact.load(directory)
-        runner = ModelRunner(loaded.model, loaded.signature)
-        assert batching_pays(runner, ("predict",))[0] is pays
+        decisions = {
+            batching_pays(ModelRunner(loaded.model, loaded.signature, compiled_paths=compiled)) for _ in range(3)
+        }
+        assert len(decisions) == 1
+        ((got, why),) = decisions
+        assert (got, reason in why) == (pays, True), why
+
+
+def test_a_request_alone_does_not_wait_for_company(start_server, forest_dir):
+    """One client at a time with a 200 ms window: nothing would join it, so no request waits the window."""
+    server = start_server(
+        {
+            "MODEL_SERVER_MODEL_DIR": forest_dir,
+            "MODEL_SERVER_WORKERS": "1",
+            "MODEL_SERVER_MAX_BATCH_SIZE": "64",
+            "MODEL_SERVER_MAX_BATCH_DELAY_MS": "200",
+        }
+    )
+    session = requests.Session()
+    body = v2_body(random_rows(random.Random(3), 1), ["predict"])
+    session.post(f"{server.url}/v2/models/forest/infer", json=body, timeout=10)
+    elapsed = []
+    for _ in range(10):
+        started = time.perf_counter()
+        assert session.post(f"{server.url}/v2/models/forest/infer", json=body, timeout=10).status_code == 200
+        elapsed.append(time.perf_counter() - started)
+    assert max(elapsed) < 0.1, elapsed
 
 
 def test_jobs_merge_by_model_and_outputs_up_to_the_batch_size():

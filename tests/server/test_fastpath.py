@@ -124,3 +124,69 @@ def test_everything_else_still_goes_to_flask(stacks, method, path, status):
     assert "error" in response.get_json()
     # Routing errors are raised before Flask's before_request hooks; the JSON shape proves Flask answered.
     assert response.headers["Content-Type"] == "application/json"
+
+
+class _Wire:
+    """A socket stand-in that hands gunicorn's parser the raw request bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv(self, size: int) -> bytes:
+        chunk, self.data = self.data[:size], self.data[size:]
+        return chunk
+
+
+def _gunicorn_request(raw: bytes):
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+
+    return next(RequestParser(Config(), _Wire(raw), ("127.0.0.1", 1)))
+
+
+def _raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def _split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert int(headers["Content-Length"]) == len(body)
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("path", "body", "headers"), CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+def test_the_workers_direct_door_answers_as_flask_does(stacks, path, body, headers):
+    """What the gevent worker sends for a prediction it answers from gunicorn's parsed head, without WSGI."""
+    fast, flask_only, _ = stacks
+    door = fast.application.app  # Observability -> PredictionFastPath
+    headers = {**headers, "X-Request-ID": "same-id"}
+    fast.post(path, data=body, headers=headers)  # the first request to a path is matched through WSGI
+    answer = door.direct(_gunicorn_request(_raw_request(path, body, headers)), keep_alive=True)
+    assert answer is not None
+    status, got_headers, got_body = _split_response(answer.data)
+    want = flask_only.post(path, data=body, headers=headers)
+    assert (status, got_body) == (want.status_code, want.get_data())
+    for header in ("Content-Type", "Content-Length", "X-Request-ID", "Inference-Header-Content-Length"):
+        assert got_headers.get(header) == want.headers.get(header), header
+    assert got_headers["Connection"] == ("close" if answer.close else "keep-alive")
+    assert answer.close == (len(body) > 65536)  # only a body refused unread (over the limit) closes it
+    assert (answer.status, answer.request_id, answer.body_bytes) == (status, "same-id", len(got_body))
+
+
+def test_the_direct_door_leaves_what_it_does_not_take_to_wsgi(stacks):
+    fast, _, _ = stacks
+    door = fast.application.app
+    body = orjson.dumps({"instances": ROWS.tolist()})
+    fast.post("/predict", data=body, headers=JSON)
+    assert door.direct(_gunicorn_request(_raw_request("/predict", body, JSON)), keep_alive=False).close
+    for raw in (
+        _raw_request("/v1/models/diabetes:predict", body, JSON),  # not matched through WSGI yet
+        _raw_request("/predict", body, {**JSON, "Expect": "100-continue"}),  # WSGI sends the 100 Continue
+        _raw_request("/%70redict", body, JSON),  # percent-encoded: its PATH_INFO differs from the raw path
+        _raw_request("/predict", body, JSON).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        b"GET /predict HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        assert door.direct(_gunicorn_request(raw), keep_alive=True) is None, raw[:40]

@@ -1,0 +1,278 @@
+"""Workers come and go (a TERM to one, HUP, TTOU/TTIN) without ever taking the listening socket from the
+others; the health port answers beside a flooded main port; sheds are answered early and cheaply.
+
+Each runs the real gunicorn with the image's gunicorn.conf.py on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+import requests
+from msops import local
+
+from .conftest import ROWS
+
+TRIALS = 20
+BODY = {"instances": ROWS[:1].tolist()}
+
+
+def workers(server) -> set[int]:
+    return set(local.children(server.process.pid))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+class KeepAliveClients:
+    """Threads predicting on keep-alive connections until stopped; every outcome counted."""
+
+    def __init__(self, url: str, clients: int = 4) -> None:
+        self.url = url
+        self.outcomes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                response = session.post(f"{self.url}/predict", json=BODY, timeout=10)
+                self.outcomes["200" if response.status_code == 200 else f"status {response.status_code}"] += 1
+            except requests.RequestException as exc:
+                self.outcomes[f"failed: {type(exc).__name__}"] += 1
+                session = requests.Session()
+
+    def __enter__(self) -> KeepAliveClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(20)
+
+
+def fresh_predictions(url: str, count: int = 5) -> list[str]:
+    """``count`` predictions, each on a new connection (a connection the listening socket must accept)."""
+    outcomes = []
+    for _ in range(count):
+        try:
+            response = requests.post(f"{url}/predict", json=BODY, headers={"Connection": "close"}, timeout=5)
+            outcomes.append(str(response.status_code))
+        except requests.RequestException as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def replace_one_worker(server) -> None:
+    before = workers(server)
+    victim = min(before)
+    os.kill(victim, signal.SIGTERM)
+    wait_for(lambda: victim not in workers(server) and len(workers(server)) == 2, "the worker was not replaced")
+
+
+def reload_master(server) -> None:
+    before = workers(server)
+    os.kill(server.process.pid, signal.SIGHUP)
+    wait_for(lambda: not (workers(server) & before) and len(workers(server)) == 2, "HUP did not replace the workers")
+
+
+def shrink_then_grow(server) -> None:
+    os.kill(server.process.pid, signal.SIGTTOU)
+    wait_for(lambda: len(workers(server)) == 1, "TTOU did not stop a worker")
+    assert fresh_predictions(server.url) == ["200"] * 5
+    os.kill(server.process.pid, signal.SIGTTIN)
+    wait_for(lambda: len(workers(server)) == 2, "TTIN did not start a worker")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change",
+    [replace_one_worker, reload_master, shrink_then_grow],
+    ids=["TERM to one worker", "HUP to the master", "TTOU then TTIN"],
+)
+def test_a_worker_leaving_alone_never_closes_the_port(start_server, artifact_dir, change):
+    """Before the fix the first worker to leave shut the socket all processes share: after one `kill -TERM
+    <worker>` every new connection was refused until the pod restarted."""
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_WORKERS": "2"})
+    assert fresh_predictions(server.url) == ["200"] * 5
+    after_signal: list[str] = []
+    with KeepAliveClients(server.url) as clients:
+        for _ in range(TRIALS):
+            change(server)
+            after_signal += fresh_predictions(server.url)
+    assert Counter(after_signal) == {"200": 5 * TRIALS}
+    assert set(clients.outcomes) == {"200"}, clients.outcomes
+    assert clients.outcomes["200"] > 100
+    # The whole server still stops as before: the socket stops listening, so a new connection is refused.
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(30)
+    assert server.process.returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{server.url}/v2/health/live", timeout=2)
+
+
+@pytest.mark.slow
+def test_a_reload_keeps_the_metrics_counted_so_far(start_server, artifact_dir):
+    """HUP reads gunicorn.conf.py again; it must not empty the metrics directory the workers still write to."""
+    server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_WORKERS": "2"})
+    assert fresh_predictions(server.url, 10) == ["200"] * 10
+    reload_master(server)
+    assert fresh_predictions(server.url, 10) == ["200"] * 10
+    text = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert 'model_server_requests_total{method="POST",route="/predict",status="200"} 20.0' in text
+
+
+@pytest.fixture
+def capped(start_server, artifact_dir):
+    """A server of one worker that holds at most 20 connections, with a health port. One worker: with two,
+    the kernel may hand one of them fewer stuck connections than its cap, and it would serve the check."""
+    health = local.free_port()
+    server = start_server(
+        {
+            "MODEL_SERVER_MODEL_DIR": str(artifact_dir),
+            "MODEL_SERVER_WORKERS": "1",
+            "MODEL_SERVER_WORKER_CONNECTIONS": "20",
+            "MODEL_SERVER_HEALTH_PORT": str(health),
+        }
+    )
+    server.health_url = f"http://127.0.0.1:{health}"
+    return server
+
+
+@pytest.mark.slow
+def test_the_health_port_answers_probes_while_the_main_port_is_flooded_past_its_cap(capped):
+    # Positive control: both ports answer before the flood; the health port answers nothing but probes.
+    assert requests.get(f"{capped.url}/v2/health/ready", timeout=2).status_code == 200
+    assert requests.get(f"{capped.health_url}/v2/health/ready", timeout=2).status_code == 200
+    assert requests.get(f"{capped.health_url}/metrics", timeout=2).status_code == 200
+    refused = requests.post(f"{capped.health_url}/predict", json=BODY, timeout=2)
+    assert refused.status_code == 404
+    assert "only" in refused.json()["error"]
+    # Four times the cap of connections stuck in their headers, far past the 64 looked at past the cap.
+    stuck = []
+    for _ in range(4 * 20 + 64):
+        sock = socket.create_connection(("127.0.0.1", capped.port), timeout=5)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        stuck.append(sock)
+    try:
+        time.sleep(0.5)
+        slowest = 0.0
+        for _ in range(10):
+            started = time.perf_counter()
+            assert requests.get(f"{capped.health_url}/v2/health/live", timeout=2).status_code == 200
+            assert requests.get(f"{capped.health_url}/v2/health/ready", timeout=2).status_code == 200
+            assert requests.get(f"{capped.health_url}/metrics", timeout=2).status_code == 200
+            slowest = max(slowest, time.perf_counter() - started)
+        assert slowest < 1.0
+        # The main port is past its cap: a prediction there is refused at once, not queued.
+        over = requests.post(f"{capped.url}/predict", json=BODY, timeout=5)
+        assert over.status_code == 503
+        assert over.headers["Retry-After"] == "1"
+    finally:
+        for sock in stuck:
+            sock.close()
+    wait_for(
+        lambda: requests.post(f"{capped.url}/predict", json=BODY, timeout=5).status_code == 200,
+        "the main port did not recover after the stuck connections closed",
+    )
+
+
+def _raw_exchange(port: int, payload: bytes, reads: int = 1) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        chunks = []
+        for _ in range(reads):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.slow
+def test_a_large_body_past_the_budget_is_refused_unread_and_the_client_reads_the_503(start_server, artifact_dir):
+    server = start_server(
+        {
+            "MODEL_SERVER_MODEL_DIR": str(artifact_dir),
+            "MODEL_SERVER_WORKERS": "1",
+            "MODEL_SERVER_MAX_BODY_BYTES": "1048576",
+            "MODEL_SERVER_MAX_INFLIGHT_BODY_BYTES": "1048576",
+        }
+    )
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    # One connection sends 900 KiB of a 1 MiB body and stalls: it holds most of the budget.
+    holder = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    holder.sendall(head % (1 << 20) + b" " * (900 << 10))
+    time.sleep(0.3)
+    try:
+        started = time.perf_counter()
+        answer = _raw_exchange(server.port, head % (200 << 10) + b" " * (200 << 10))
+        elapsed = time.perf_counter() - started
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b"Retry-After: 1" in answer
+        assert b"MODEL_SERVER_MAX_INFLIGHT_BODY_BYTES" in answer
+        assert elapsed < 2
+        # A small request is still served beside it (small bodies are not counted).
+        assert requests.post(f"{server.url}/predict", json=BODY, timeout=5).status_code == 200
+    finally:
+        holder.close()
+    # Positive control: with the budget free again the same large request is read and answered on its merits.
+    body = b'{"instances": ' + b" " * (200 << 10) + b"[[" + b",".join([b"0.1"] * 10) + b"]]}"
+    answer = _raw_exchange(server.port, (head % len(body)) + body)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+
+
+@pytest.mark.slow
+def test_a_shed_is_answered_before_the_request_reaches_the_app(start_server, artifact_dir):
+    """With MODEL_SERVER_MAX_QUEUE=1 and 16 clients, predictions are shed, each with a 503, Retry-After and the
+    caller's request id, and counted in /metrics. Most by the worker itself from the request head: those never
+    reach the app, so they have no access-log line (a request whose body was still arriving when the queue
+    filled is shed by the app, and logged)."""
+    server = start_server(
+        {"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_WORKERS": "1", "MODEL_SERVER_MAX_QUEUE": "1"}
+    )
+    requests.post(f"{server.url}/predict", json=BODY, timeout=5)  # the path is known to the fast path now
+    answers: list[tuple[str, requests.Response]] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        for n in range(40):
+            rid = f"client-{index}-{n}"
+            response = session.post(f"{server.url}/predict", json=BODY, headers={"X-Request-ID": rid}, timeout=10)
+            with lock:
+                answers.append((rid, response))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    shed = [(rid, r) for rid, r in answers if r.status_code == 503]
+    assert shed, "no request was shed"
+    assert {r.status_code for _, r in answers} == {200, 503}
+    for rid, response in shed:
+        assert response.headers["Retry-After"] == "1"
+        assert response.headers["X-Request-ID"] == rid
+        assert "MODEL_SERVER_MAX_QUEUE" in response.json()["error"]
+    time.sleep(0.3)
+    logged = server.logs()
+    by_worker = [rid for rid, _ in shed if rid not in logged]
+    assert len(by_worker) > len(shed) / 2, (len(by_worker), len(shed))
+    assert all(rid in logged for rid, r in answers if r.status_code == 200)
+    metrics = requests.get(f"{server.url}/metrics", timeout=5).text
+    assert f'model_server_shed_requests_total{{reason="queue"}} {float(len(shed))}' in metrics
