@@ -114,6 +114,16 @@ def plot(results: dict[tuple[str, int], list[Sample]], levels: list[int], names:
     )
 
 
+def _socket_errors(samples: list[Sample]) -> str:
+    """wrk's socket errors over the rounds, by kind (a timeout: no answer within wrk's 2 s)."""
+    kinds: dict[str, int] = {}
+    for sample in samples:
+        for kind, count in sample.socket_errors.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    found = {kind: count for kind, count in kinds.items() if count}
+    return ", ".join(f"{count} {kind}" for kind, count in found.items()) or "0"
+
+
 def report(
     results: dict[tuple[str, int], list[Sample]], levels: list[int], names: list[str], args: argparse.Namespace
 ) -> str:
@@ -121,8 +131,8 @@ def report(
         f"wrk -t2 -d{args.duration}s, 1-row V2 requests, {TREES}-tree forest pipeline, 2 workers each, "
         f"{args.rounds} interleaved rounds: median",
         "",
-        "| concurrency | server | req/s | p50 ms | p99 ms | errors | server CPU µs/req |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | server | req/s | p50 ms | p99 ms | non-2xx (503 sheds) | socket errors | server CPU µs/req |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for level in levels:
         for name in names:
@@ -132,7 +142,8 @@ def report(
             p50, p99_ms = (statistics.median(getattr(s, key) for s in samples) for key in ("p50_ms", "p99_ms"))
             lines.append(
                 f"| {level} | {name} | {statistics.median(s.rps for s in samples):.0f} | {p50:.2f} | {p99_ms:.2f} | "
-                f"{sum(s.errors for s in samples)} | {statistics.median(s.cpu_us for s in samples):.0f} |"
+                f"{sum(s.errors - sum(s.socket_errors.values()) for s in samples)} | "
+                f"{_socket_errors(samples)} | {statistics.median(s.cpu_us for s in samples):.0f} |"
             )
 
     def rps(name: str, level: int) -> float | None:

@@ -36,6 +36,9 @@ SCENARIOS: dict[str, Scenario] = {
         connections.stuck_headers, lambda lab: connections.stuck_headers(lab, connections=300, hold=20)
     ),
     "overload-16x": Scenario(load.overload_16x, lambda lab: load.overload_16x(lab, seconds=8)),
+    "connection-cap": Scenario(connections.connection_cap, lambda lab: connections.connection_cap(lab, seconds=6)),
+    "slow-bodies": Scenario(connections.slow_bodies, lambda lab: connections.slow_bodies(lab, seconds=10)),
+    "worker-exits": Scenario(signals.worker_exits, lambda lab: signals.worker_exits(lab, trials=3)),
     "sigterm-keepalive": Scenario(
         signals.sigterm_keepalive_trials, lambda lab: signals.sigterm_keepalive_trials(lab, trials=3)
     ),

@@ -52,10 +52,10 @@ def sigterm_keepalive_trials(lab: Lab, trials: int = 20) -> Result:
     )
 
 
-def _stream(url: str, deadline: float, outcomes: list[tuple[str, str]]) -> None:
-    """Keep-alive requests until the deadline; each outcome is (kind, request id)."""
+def _stream(url: str, deadline: float, outcomes: list[tuple[str, str]], stop: threading.Event | None = None) -> None:
+    """Keep-alive requests until the deadline (or ``stop``); each outcome is (kind, request id)."""
     session = requests.Session()
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
         request_id = uuid.uuid4().hex
         try:
             response = session.post(
@@ -150,4 +150,91 @@ def sigkill_worker_under_load(lab: Lab) -> Result:
             "ready afterwards": live == 200,
         },
         "Only requests on the killed worker's connections fail (at most one per client connection held by it).",
+    )
+
+
+def _fresh_connections(url: str, count: int = 5) -> list[str]:
+    """``count`` predictions, each on a new connection: the listening socket must accept them."""
+    outcomes = []
+    for _ in range(count):
+        try:
+            response = requests.post(
+                f"{url}/predict", json={"instances": [[0.01] * 10]}, headers={"Connection": "close"}, timeout=5
+            )
+            outcomes.append(str(response.status_code))
+        except requests.RequestException as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def worker_exits(lab: Lab, trials: int = 10) -> Result:
+    """Workers leaving alone under keep-alive load, ``trials`` times each: a TERM to one worker, HUP to the
+    master (every worker replaced), TTOU then TTIN. Every request on the open connections and on new ones
+    must succeed: the listening socket is the siblings' too."""
+    server = lab.server()
+    master = server.popen.pid
+
+    def workers() -> set[int]:
+        return set(worker_pids(server))
+
+    def term_one() -> bool:
+        victim = min(workers())
+        os.kill(victim, signal.SIGTERM)
+        return _wait(lambda: victim not in workers() and len(workers()) == 2)
+
+    def hup() -> bool:
+        before = workers()
+        os.kill(master, signal.SIGHUP)
+        return _wait(lambda: not (workers() & before) and len(workers()) == 2)
+
+    def ttou_ttin() -> bool:
+        os.kill(master, signal.SIGTTOU)
+        shrunk = _wait(lambda: len(workers()) == 1)
+        os.kill(master, signal.SIGTTIN)
+        return shrunk and _wait(lambda: len(workers()) == 2)
+
+    outcomes: list[tuple[str, str]] = []
+    fresh: dict[str, list[str]] = {}
+    replaced = True
+    stop = threading.Event()
+    clients = [threading.Thread(target=_stream, args=(server.base, float("inf"), outcomes, stop)) for _ in range(8)]
+    for client in clients:
+        client.start()
+    try:
+        for name, change in (("TERM to one worker", term_one), ("HUP", hup), ("TTOU then TTIN", ttou_ttin)):
+            fresh[name] = []
+            for _ in range(trials):
+                replaced = change() and replaced
+                fresh[name] += _fresh_connections(server.base)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(30)
+    kinds = [kind for kind, _ in outcomes]
+    failed = [kind for kind in kinds if kind != "ok"]
+    fresh_failed = {name: [o for o in got if o != "200"] for name, got in fresh.items()}
+    return Result(
+        f"workers leaving alone under keep-alive load ({trials} times each: TERM, HUP, TTOU/TTIN)",
+        replaced and not failed and not any(fresh_failed.values()) and kinds.count("ok") > 100,
+        {
+            "keep-alive answers 200": kinds.count("ok"),
+            "keep-alive failures": {kind: failed.count(kind) for kind in sorted(set(failed))} or 0,
+            **{
+                f"new connections after {name}": f"{len(got) - len(fresh_failed[name])} of {len(got)} answered"
+                for name, got in fresh.items()
+            },
+            "workers replaced every time": replaced,
+        },
+        "Only a whole-server stop (the master lets go of the socket first) takes the shared socket out of "
+        "listening; a worker leaving alone stops accepting, answers its open connections' next requests with "
+        "Connection: close and exits, while its siblings keep accepting.",
     )

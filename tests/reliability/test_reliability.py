@@ -59,6 +59,18 @@ def test_sixteen_times_overload_sheds_with_503_and_probes_stay_prompt(lab):
     check(SCENARIOS["overload-16x"].quick(lab))
 
 
+def test_probes_on_the_health_port_answer_past_twice_the_connection_cap(lab):
+    check(SCENARIOS["connection-cap"].quick(lab))
+
+
+def test_a_thousand_slow_maximal_bodies_stay_within_the_body_budget(lab):
+    check(SCENARIOS["slow-bodies"].quick(lab))
+
+
+def test_workers_leaving_alone_under_keepalive_load_fail_no_request(lab):
+    check(SCENARIOS["worker-exits"].quick(lab))
+
+
 def test_sigterm_under_keepalive_load_fails_nothing_three_times(lab):
     check(SCENARIOS["sigterm-keepalive"].quick(lab))
 
