@@ -225,27 +225,90 @@ def wait_reachable(url, timeout=30):
 """
 
 
-def client_pod(name: str, namespace: str, image: str, script: str, labels: dict[str, str] | None = None) -> dict:
-    """A run-once pod that runs ``script`` with the serving image's python (admitted under restricted PSS)."""
+def client_pod(
+    name: str,
+    namespace: str,
+    image: str,
+    script: str,
+    labels: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    volumes: list[dict] | None = None,
+    mounts: list[dict] | None = None,
+    service_account: str | None = None,
+) -> dict:
+    """A run-once pod that runs ``script`` with the serving image's python (admitted under restricted PSS);
+    ``env``, ``volumes`` and their ``mounts``, and a ServiceAccount whose token it may mount, when given."""
+    container: dict = {
+        "name": "client",
+        "image": image,
+        "imagePullPolicy": "Never",
+        "command": ["python3", "-c", script],
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    if env:
+        container["env"] = [{"name": key, "value": value} for key, value in env.items()]
+    if mounts:
+        container["volumeMounts"] = mounts
+    spec: dict = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 1,
+        "containers": [container],
+    }
+    if volumes:
+        spec["volumes"] = volumes
+    if service_account:
+        spec["serviceAccountName"] = service_account
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"e2e/client": name, **(labels or {})}},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "client",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "command": ["python3", "-c", script],
-                    "securityContext": RESTRICTED_CONTAINER,
-                }
-            ],
-        },
+        "spec": spec,
     }
+
+
+STREAM_CLIENT = (Path(__file__).parent / "stream_client.py").read_text()
+
+
+def start_stream(kube: Kube, name: str, namespace: str, image: str, url: str, **options: object) -> dict:
+    """A pod streaming real predictions on keep-alive connections to ``url`` (stream_client.py), started and
+    answering; ``stop_stream`` ends it and returns what it saw. ``options``: STREAM_* settings in lower case
+    without the prefix (seconds, connections, ca_file, token_file, ...), and volumes/mounts/service_account."""
+    settings = {
+        "seconds": 600,
+        **{k: v for k, v in options.items() if k not in ("volumes", "mounts", "service_account")},
+    }
+    env = {"STREAM_URL": url, **{f"STREAM_{key.upper()}": str(value) for key, value in settings.items()}}
+    pod = client_pod(
+        name,
+        namespace,
+        image,
+        STREAM_CLIENT,
+        env=env,
+        volumes=options.get("volumes"),  # type: ignore[arg-type]
+        mounts=options.get("mounts"),  # type: ignore[arg-type]
+        service_account=options.get("service_account"),  # type: ignore[arg-type]
+    )
+    kube.kubectl("delete", "pod", name, "-n", namespace, "--ignore-not-found", "--wait=true")
+    kube.apply(pod)
+    wait_for(
+        f"{name} streaming predictions",
+        lambda: "streaming" in kube.kubectl("logs", name, "-n", namespace, check=False),
+        timeout=120,
+        detail=lambda: kube.kubectl("logs", name, "-n", namespace, check=False)[-2000:],
+    )
+    return pod
+
+
+def stop_stream(kube: Kube, pod: dict, timeout: float = 60) -> dict:
+    """Tell a streaming pod to stop (it finishes its requests in flight), then its report."""
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    kube.kubectl("exec", name, "-n", namespace, "--", "python3", "-c", "open('/tmp/stop', 'w').close()", check=False)
+    phase = wait_client(kube, name, namespace, timeout)
+    logs = kube.kubectl("logs", name, "-n", namespace)
+    kube.kubectl("delete", "pod", name, "-n", namespace, "--wait=false", check=False)
+    assert phase == "Succeeded", logs
+    return json.loads(logs.strip().splitlines()[-1])
 
 
 def run_client(kube: Kube, pod: dict, timeout: float = 180) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import CLUSTER, REACHABLE, Kube, client_pod, run_client, wait_for
+from tests.cluster.conftest import (
+    CLUSTER,
+    REACHABLE,
+    Kube,
+    client_pod,
+    run_client,
+    start_stream,
+    stop_stream,
+    wait_for,
+)
 from tests.cluster.test_gitops_flux import DECL, FLUX, Remote, condition, flux_status, reconcile_source
 from tests.kube import ROOT
 
@@ -156,13 +166,18 @@ print(json.dumps(seen))
 """
 
 
-def served_versions(kube: Kube, image: str) -> set[str]:
-    """The versions the release's pods answer with, asked 20 times through the Service by DNS name."""
+def service_url(kube: Kube) -> str:
+    """The release's Service by DNS name."""
     svc = kube.json("get", "service", "-n", ENV.namespace, "-l", f"app.kubernetes.io/instance={RELEASE.name}")
     service = svc["items"][0]
-    url = (
+    return (
         f"http://{service['metadata']['name']}.{ENV.namespace}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
     )
+
+
+def served_versions(kube: Kube, image: str) -> set[str]:
+    """The versions the release's pods answer with, asked 20 times through the Service by DNS name."""
+    url = service_url(kube)
     phase, logs = run_client(kube, client_pod("versions", ENV.namespace, image, REACHABLE + VERSIONS.format(url=url)))
     assert phase == "Succeeded", logs
     return set(json.loads(logs.strip().splitlines()[-1]))
@@ -175,6 +190,9 @@ def test_a_commit_changing_the_model_version_reaches_the_pods(real_kube: Kube, l
     ]
     assert served_versions(real_kube, loop.image) == {"1"}
 
+    # A client streams real predictions on keep-alive connections through the Service from before the
+    # commit until the new version serves alone: the GitOps rollout must not fail one of them.
+    client = start_stream(real_kube, "flux-client", ENV.namespace, loop.image, service_url(real_kube), connections=4)
     tag = loop.next_image.rsplit(":", 1)[1]
     yaml_edit(remote, ENV_VALUES, {"image.tag": tag})
     yaml_edit(remote, MODEL_VALUES, {"model.version": "2"})
@@ -182,6 +200,14 @@ def test_a_commit_changing_the_model_version_reaches_the_pods(real_kube: Kube, l
     reconcile_source(real_kube, release)
     # Upgraded and tested, not remediated: a failed helm test would have rolled back to revision 1.
     assert settled(real_kube, "Flux to upgrade to model version 2", release) == ["superseded", "deployed"]
+    time.sleep(3)
+    streamed = stop_stream(real_kube, client)
+    print(f"flux client: {json.dumps({k: v for k, v in streamed.items() if k != 'failures'})}")
+    assert streamed["failed"] == 0, streamed
+    assert set(streamed["versions"]) == {"1", "2"}, streamed
+    # Version 1 answered first, version 2 last: the client saw the rollout from one side to the other.
+    assert streamed["versions"]["1"]["first_s"] < streamed["versions"]["2"]["first_s"], streamed
+    assert streamed["versions"]["2"]["last_s"] >= streamed["versions"]["1"]["last_s"], streamed
     assert served_versions(real_kube, loop.image) == {"2"}
     hr = real_kube.json("get", "helmrelease", HELM_RELEASE["metadata"]["name"], "-n", "flux-system")
     tested = condition(hr, "TestSuccess")
