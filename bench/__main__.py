@@ -221,7 +221,7 @@ def drift_costs(
     import os
     import subprocess
 
-    from model_server.drift import PUBLISH_INTERVAL_S
+    from model_server.core.drift import PUBLISH_INTERVAL_S
 
     shares = []
     for rows in (1, 100):
@@ -256,7 +256,8 @@ def drift_costs(
 def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
     """Train each model once: the artifact for ours and naive, a joblib copy of it for the peers."""
     import joblib
-    from model_server import artifact, train
+    from model_server import train
+    from model_server.core import artifact
 
     models = {}
     for kind in kinds:

@@ -209,7 +209,8 @@ def main(argv: list[str]) -> int:
         parser.error("--concurrency values must be 1..256, --rounds 1..20 and --duration 1..120")
 
     import joblib
-    from model_server import artifact, train
+    from model_server import train
+    from model_server.core import artifact
 
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as scratch_name:
         scratch = Path(scratch_name)

@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from model_server.columns import Batch
-    from model_server.signature import Signature
+    from model_server.core.columns import Batch
+    from model_server.core.signature import Signature
 
 
 def batch_for(directory: Path, rows: int) -> tuple[Signature, Batch]:
     """The model's signature and the Batch the server decodes the benchmark's request of ``rows`` rows to."""
     import json
 
-    from model_server import artifact, v1
-    from model_server.signature import read as read_signature
+    from model_server.core import artifact
+    from model_server.core.signature import read as read_signature
+    from model_server.transport import v1
 
     from bench.harness import body
 
@@ -38,7 +39,7 @@ def batch_for(directory: Path, rows: int) -> tuple[Signature, Batch]:
 
 def cost_us(directory: Path, rows: int, per_publish: int, publishes: int = 200) -> float:
     """Median over five repeats of the CPU µs per request that observe + amortised publish take."""
-    from model_server import drift
+    from model_server.core import drift
 
     signature, batch = batch_for(directory, rows)
     window = drift.Window(signature, 1000)

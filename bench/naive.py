@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from flask import Flask, Response, jsonify, request
-from model_server import artifact
+from model_server.core import artifact
 
 model = artifact.load(Path(os.environ["MODEL_SERVER_MODEL_DIR"])).model
 app = Flask(__name__)

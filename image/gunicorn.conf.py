@@ -1,6 +1,6 @@
 """gunicorn configuration for the model server: every knob comes from model_server.config.Settings.
 
-Run as ``gunicorn -c gunicorn.conf.py model_server.wsgi:app`` from this directory (the image's WORKDIR).
+Run as ``gunicorn -c gunicorn.conf.py model_server.process.wsgi:app`` from this directory (the image's WORKDIR).
 """
 
 import os
@@ -24,14 +24,14 @@ os.makedirs(metrics_dir, exist_ok=True)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-wsgi_app = "model_server.wsgi:app"
+wsgi_app = "model_server.process.wsgi:app"
 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# The main port, and the health port (probes and /metrics only; model_server/worker.py) when set.
+# The main port, and the health port (probes and /metrics only; model_server/process/worker.py) when set.
 bind = [_address(settings.host, settings.port)]
 if settings.health_port:
     bind.append(_address(settings.host, settings.health_port))
@@ -39,8 +39,10 @@ workers = settings.workers
 # gevent by default: keep-alive connections skip a TCP handshake per request, and a slow client
 # waits in a greenlet instead of holding a whole worker (the sync worker's weakness). Our subclass of
 # gunicorn's gevent worker adds header/body deadlines, a connection cap that probes get past, and a
-# drain that refuses new connections instead of resetting them (model_server/worker.py).
-worker_class = "model_server.worker.ModelServerWorker" if settings.worker_class == "gevent" else settings.worker_class
+# drain that refuses new connections instead of resetting them (model_server/process/worker.py).
+worker_class = (
+    "model_server.process.worker.ModelServerWorker" if settings.worker_class == "gevent" else settings.worker_class
+)
 worker_connections = settings.worker_connections
 threads = settings.threads
 timeout = settings.timeout
@@ -72,8 +74,8 @@ def child_exit(server, worker):
 if settings.worker_class == "gevent":
     # Closes a connection whose refused body was left unread; then, with keep-alive, one turn per
     # connection per event-loop iteration, or busy keep-alive connections starve the rest of the
-    # worker's (model_server/fairness.py).
-    from model_server.worker import after_request as post_request  # noqa: F401 - gunicorn reads it by name
+    # worker's (model_server/process/fairness.py).
+    from model_server.process.worker import after_request as post_request  # noqa: F401 - gunicorn reads it by name
 
 
 def pre_fork(server, worker):

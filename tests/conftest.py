@@ -39,7 +39,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly trained default model artifact (LinearRegression on the diabetes data)."""
-    from model_server import artifact, train
+    from model_server import train
+    from model_server.core import artifact
 
     model, metadata = train.train()
     target = tmp_path_factory.mktemp("artifact") / "model"

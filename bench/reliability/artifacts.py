@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import requests
-from model_server import artifact
+from model_server.core import artifact
 
 from bench.reliability.lab import Lab, Result, worker_pids
 

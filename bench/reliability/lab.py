@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from model_server import artifact, train
+from model_server import train
+from model_server.core import artifact
 from msops import local
 
 from bench.harness import Server, run_wrk

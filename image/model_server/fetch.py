@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from . import artifact
+from .core import artifact
 from .errors import ArtifactError
 
 CHUNK = 1 << 20

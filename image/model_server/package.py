@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact, columns, drift
-from .columns import Batch
+from .core import artifact, columns, drift
+from .core.columns import Batch
+from .core.runner import ModelRunner
+from .core.signature import BOOL, BYTES, FP64, INT64, Column, Signature
 from .errors import ArtifactError, ClientError
-from .runner import ModelRunner
-from .signature import BOOL, BYTES, FP64, INT64, Column, Signature
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 MAX_CATEGORIES = 1000  # more distinct strings than this is an identifier, not a category: none recorded

@@ -60,9 +60,9 @@ def same(a: Any, b: Any) -> bool:
 
 def expected_from(directory: Path, rows: list[list[Any]], output: str) -> list[Any]:
     """What the artifact gives for ``rows`` through the server's own checks, codecs and runner."""
-    from . import artifact, columns
     from .config import Settings
-    from .runner import ModelRunner
+    from .core import artifact, columns
+    from .core.runner import ModelRunner
 
     settings = Settings.from_env()
     loaded = artifact.load(directory, trust_pickle=settings.trust_pickle, trusted_types=settings.trusted_types)

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact, package
+from . import package
+from .core import artifact
 
 SEED = 42
 TEST_SIZE = 0.2

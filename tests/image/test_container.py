@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from model_server import artifact, train
+from model_server import train
+from model_server.core import artifact
 from msops.container import Container, build, engine, inspect, snapshot
 
 from tests.conftest import require_tools

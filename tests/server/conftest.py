@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from model_server import artifact, train
-from model_server.app import create_app
+from model_server import train
 from model_server.config import Settings
+from model_server.core import artifact
+from model_server.transport.app import create_app
 
 ROWS = np.array(train.DIABETES_ROWS)
 

@@ -7,11 +7,11 @@ import io
 
 import orjson
 import pytest
-from model_server import admission
-from model_server.admission import CLOSE_CONNECTION_ENVIRON_KEY, SMALL_BODY_BYTES, BodyBudget, request_body
-from model_server.app import create_app
 from model_server.errors import BodyBudgetExceeded
-from model_server.middleware import Observability
+from model_server.transport import admission
+from model_server.transport.admission import CLOSE_CONNECTION_ENVIRON_KEY, SMALL_BODY_BYTES, BodyBudget, request_body
+from model_server.transport.app import create_app
+from model_server.transport.middleware import Observability
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import Client
 

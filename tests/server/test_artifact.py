@@ -6,7 +6,8 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
-from model_server import artifact, train
+from model_server import train
+from model_server.core import artifact
 from model_server.errors import ArtifactError
 
 
@@ -189,7 +190,7 @@ def test_trusted_pickle_loads_only_when_switched_on(tmp_path: Path):
 
 
 def test_linear_fast_path_is_used_and_equals_predict_bit_for_bit(artifact_dir: Path):
-    from model_server.runner import linear_fast_predictor
+    from model_server.core.runner import linear_fast_predictor
 
     loaded = artifact.load(artifact_dir)
     fast = linear_fast_predictor(loaded.model, 10)
@@ -199,7 +200,7 @@ def test_linear_fast_path_is_used_and_equals_predict_bit_for_bit(artifact_dir: P
 
 
 def test_non_linear_models_keep_model_predict():
-    from model_server.runner import linear_fast_predictor
+    from model_server.core.runner import linear_fast_predictor
 
     model, _ = train.train("diabetes", "random-forest", trees=5)
     assert linear_fast_predictor(model, 10) is None

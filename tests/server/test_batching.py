@@ -13,10 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from model_server import artifact, columns, train
-from model_server.columns import Batch
-from model_server.runner import ModelRunner
-from model_server.scheduler import Job, Scheduler, batching_pays
+from model_server import train
+from model_server.core import artifact, columns
+from model_server.core.columns import Batch
+from model_server.core.runner import ModelRunner
+from model_server.core.scheduler import Job, Scheduler, batching_pays
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from model_server import compiled, package
-from model_server.columns import Batch
+from model_server import package
 from model_server.config import MODEL_METHODS
+from model_server.core import compiled
+from model_server.core.columns import Batch
+from model_server.core.runner import ModelRunner
 from model_server.errors import Unprocessable
-from model_server.runner import ModelRunner
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer, make_column_selector
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
@@ -261,7 +262,7 @@ def test_the_proof_refuses_a_plan_that_is_off_by_a_little():
 
 
 def test_compiled_paths_can_be_switched_off(penguins_dir):
-    from model_server.app import create_app
+    from model_server.transport.app import create_app
 
     from .conftest import make_settings
 

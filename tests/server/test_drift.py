@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 import requests
-from model_server import drift
-from model_server.app import create_app
-from model_server.columns import Batch
-from model_server.signature import Column, Signature
+from model_server.core import drift
+from model_server.core.columns import Batch
+from model_server.core.signature import Column, Signature
+from model_server.transport.app import create_app
 from sklearn.datasets import load_diabetes
 
 from .conftest import make_settings

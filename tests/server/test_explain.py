@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from model_server import artifact, package, train
-from model_server.app import create_app
+from model_server import package, train
+from model_server.core import artifact
+from model_server.transport.app import create_app
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier

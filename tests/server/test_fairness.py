@@ -6,7 +6,7 @@ many of its turns pass before a connection parked on its I/O watcher is served.
 
 import gevent
 import gevent.socket
-from model_server.fairness import yield_to_other_connections
+from model_server.process.fairness import yield_to_other_connections
 
 
 def _turns_before_the_waiting_connection_runs(yield_after_request) -> int:

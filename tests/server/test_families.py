@@ -15,9 +15,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from model_server import artifact, package
-from model_server.app import create_app
+from model_server import package
 from model_server.config import MODEL_METHODS
+from model_server.core import artifact
+from model_server.transport.app import create_app
 
 from .conftest import make_settings
 
@@ -304,7 +305,7 @@ def test_nulls_are_missing_values_only_where_the_column_is_nullable(tmp_path):
 
 
 def test_a_model_fitted_on_a_dataframe_is_given_one_and_others_a_matrix(tmp_path):
-    from model_server import codecs
+    from model_server.core import codecs
 
     frame_model = fit_and_package(_logistic, "strings", True, False, tmp_path / "a")[3]
     matrix_model = fit_and_package(_numeric_svc, "ints", False, False, tmp_path / "b")[3]

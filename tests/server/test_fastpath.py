@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from model_server.app import create_app
-from model_server.middleware import Observability
+from model_server.transport.app import create_app
+from model_server.transport.middleware import Observability
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
 
 from .conftest import ROWS, make_settings

@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from model_server import artifact, fetch, smoke, train
+from model_server import fetch, smoke, train
+from model_server.core import artifact
 from model_server.errors import ArtifactError
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
-from model_server import artifact, package
-from model_server.app import create_app
+from model_server import package
+from model_server.core import artifact
+from model_server.transport.app import create_app
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression

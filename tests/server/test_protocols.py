@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-from model_server import jsonbody, v1, v2
+from model_server.core.signature import Column, Output, Signature
 from model_server.errors import ClientError
-from model_server.signature import Column, Output, Signature
+from model_server.transport import jsonbody, v1, v2
 
 FEATURES = ["a", "b", "c"]
 NUMERIC = Signature(tuple(Column(name, "FP64") for name in FEATURES))

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from model_server.app import create_app
+from model_server.transport.app import create_app
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROWS, make_settings

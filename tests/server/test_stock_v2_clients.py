@@ -73,8 +73,8 @@ def penguins_triton(start_server, penguins_dir):
 
 
 def expected_penguins(penguins_dir, outputs):
-    from model_server import artifact, columns
-    from model_server.runner import ModelRunner
+    from model_server.core import artifact, columns
+    from model_server.core.runner import ModelRunner
 
     loaded = artifact.load(penguins_dir)
     rows = [[None if isinstance(v, float) and v != v else v for v in row] for row in PENGUIN_ROWS]

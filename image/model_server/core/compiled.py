@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import Unprocessable
 from .columns import Batch
-from .errors import Unprocessable
 from .signature import BOOL, BYTES, FP64, INT64, Signature
 
-log = logging.getLogger("model_server.compiled")
+log = logging.getLogger("model_server.core.compiled")
 
 Block = np.ndarray  # 2-D: float64, or object where strings travel
 Step = Callable[[Block], Block]

@@ -16,8 +16,8 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import Counter, Histogram
 
-from . import metrics
-from .logs import REQUEST_ID_ENVIRON_KEY
+from .. import metrics
+from ..logs import REQUEST_ID_ENVIRON_KEY
 
 ROUTE_ENVIRON_KEY = "model_server.route"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

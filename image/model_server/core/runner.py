@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MODEL_METHODS
+from ..errors import ArtifactError, Unprocessable
 from . import codecs, compiled, explain
 from .columns import Batch
-from .config import MODEL_METHODS
-from .errors import ArtifactError, Unprocessable
 from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
 
-log = logging.getLogger("model_server.runner")
+log = logging.getLogger("model_server.core.runner")
 
 Method = Callable[[Any], Any]
 # Errors an estimator raises for values it cannot take (an unseen category, a NaN it cannot

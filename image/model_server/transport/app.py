@@ -7,17 +7,18 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import logs, routes
+from .. import logs
+from ..config import Settings
+from ..core.model import ModelHolder, configure_scikit_learn
+from ..core.scheduler import Scheduler
+from ..errors import ClientError
+from . import routes
 from .admission import BodyBudget
-from .config import Settings
-from .errors import ClientError
 from .fastpath import PredictionFastPath
 from .middleware import ROUTE_ENVIRON_KEY, Observability, RequestMetrics
-from .model import ModelHolder, configure_scikit_learn
 from .routes import json_response, status_and_message
-from .scheduler import Scheduler
 
-log = logging.getLogger("model_server.app")
+log = logging.getLogger("model_server.transport.app")
 
 
 def create_app(settings: Settings | None = None, holder: ModelHolder | None = None) -> Flask:
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     )
     # The gevent worker (worker.py) sheds predictions, and answers them, from gunicorn's request head
     # through these, before any WSGI request is built.
-    app.extensions["model_server.fastpath"] = fast
+    app.extensions["model_server.transport.fastpath"] = fast
     # Flask's documented way to put WSGI middleware in front; mypy sees the assignment of a method.
     app.wsgi_app = Observability(fast, request_metrics)  # type: ignore[method-assign]
     return app

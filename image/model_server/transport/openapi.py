@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .signature import Signature
+from ..core.signature import Signature
 
 if TYPE_CHECKING:
-    from .model import Served
+    from ..core.model import Served
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -303,14 +303,14 @@ def document(version: str, model_name: str = "", served: Served | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m model_server.openapi ARTIFACT_DIR``: the artifact's name, then example V1 and V2
+    """``python -m model_server.transport.openapi ARTIFACT_DIR``: the artifact's name, then example V1 and V2
     bodies, one per line (what scripts/serve prints as curl commands)."""
     import json
     import sys
     from pathlib import Path
 
-    from . import artifact
-    from .signature import read
+    from ..core import artifact
+    from ..core.signature import read
 
     argv = sys.argv[1:] if argv is None else argv
     metadata = artifact.read_metadata(Path(argv[0]))

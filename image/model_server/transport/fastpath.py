@@ -29,14 +29,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map
 
-from . import metrics, v2
+from .. import metrics
+from ..core.scheduler import OVERLOADED, Scheduler
+from ..errors import ClientError, Overloaded
+from . import v2
 from .admission import CLOSE_CONNECTION_ENVIRON_KEY, BodyBudget, request_body
-from .errors import ClientError, Overloaded
 from .middleware import ROUTE_ENVIRON_KEY, RequestMetrics, valid_request_id
 from .routes import Handler, status_and_message
-from .scheduler import OVERLOADED, Scheduler
 
-log = logging.getLogger("model_server.fastpath")
+log = logging.getLogger("model_server.transport.fastpath")
 
 Headers = list[tuple[str, str]]
 

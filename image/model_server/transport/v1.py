@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from . import columns
-from .columns import Batch, check_row_count
-from .errors import BadRequest, Unprocessable
-from .signature import BYTES, Signature
+from ..core import columns
+from ..core.columns import Batch, check_row_count
+from ..core.signature import BYTES, Signature
+from ..errors import BadRequest, Unprocessable
 
 WHERE = '"instances"'
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, PayloadTooLarge, Unprocessable
+from ..errors import BadRequest, PayloadTooLarge, Unprocessable
 from .signature import BOOL, BYTES, FP64, INT64, Column, Signature
 
 _NUMERIC_KINDS = "iuf"

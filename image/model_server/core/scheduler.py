@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import columns, metrics
+from .. import metrics
+from ..errors import Overloaded
+from . import columns
 from .columns import Batch
-from .errors import Overloaded
 from .runner import ModelRunner
 
 if TYPE_CHECKING:
     from gevent import Greenlet
     from gevent.event import AsyncResult, Event
 
-log = logging.getLogger("model_server.scheduler")
+log = logging.getLogger("model_server.core.scheduler")
 
 # Any positive delay resumes a greenlet after the event loop's next poll (see fairness.py): between
 # two turns, every connection whose request has arrived gets to queue it (or be shed).

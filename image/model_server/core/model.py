@@ -10,15 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifact, drift, metrics
+from .. import metrics
+from ..config import Settings
+from ..errors import ArtifactError, NotFound, NotReady
+from . import artifact, drift
 from .artifact import Artifact, Expectations
 from .columns import Batch
-from .config import Settings
-from .errors import ArtifactError, NotFound, NotReady
 from .runner import ModelRunner
 from .scheduler import DEFAULT_BATCH_ROWS, Scheduler, batching_pays
 
-log = logging.getLogger("model_server.model")
+log = logging.getLogger("model_server.core.model")
 
 
 @dataclass(frozen=True)

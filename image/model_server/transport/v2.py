@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import columns
-from .columns import Batch, check_row_count
-from .errors import BadRequest, Unprocessable
-from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
+from ..core import columns
+from ..core.columns import Batch, check_row_count
+from ..core.signature import BOOL, BYTES, FP64, INT64, Output, Signature
+from ..errors import BadRequest, Unprocessable
 
 _ABSENT = object()
 MATRIX_INPUT_NAME = "input-0"

@@ -44,11 +44,12 @@ from gunicorn import http, util
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.ggevent import GeventWorker
 
-from . import fairness, metrics
-from .admission import CLOSE_CONNECTION_ENVIRON_KEY
-from .config import Settings
-from .errors import RequestTimeout
-from .logs import GunicornJsonLogger
+from .. import metrics
+from ..config import Settings
+from ..errors import RequestTimeout
+from ..logs import GunicornJsonLogger
+from ..transport.admission import CLOSE_CONNECTION_ENVIRON_KEY
+from . import fairness
 
 BODY_BYTES_PER_SECOND = 64 * 1024  # the slowest upload the body deadline allows for, at the body limit
 OVER_CAP_GRACE_S = 1.0  # how long a connection past the cap may take to show its request line
@@ -148,7 +149,7 @@ class ModelServerWorker(GeventWorker):
 
     def run(self) -> None:
         # The app's fast path sheds and answers predictions straight from gunicorn's request head.
-        self.fastpath = getattr(self.wsgi, "extensions", {}).get("model_server.fastpath")
+        self.fastpath = getattr(self.wsgi, "extensions", {}).get("model_server.transport.fastpath")
         servers = []
         for listener in self.sockets:
             listener.setblocking(True)

@@ -24,8 +24,8 @@ from wsgiref.types import WSGIEnvironment
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream, get_content_length
 
-from . import metrics
-from .errors import BodyBudgetExceeded
+from .. import metrics
+from ..errors import BodyBudgetExceeded
 
 # Set in the environ when the connection must close after the answer: the request's body was refused
 # unread. worker.after_request (gunicorn's post_request hook) acts on it.

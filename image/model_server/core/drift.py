@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
 from .columns import Batch
 from .signature import BOOL, BYTES, Column, Signature
 

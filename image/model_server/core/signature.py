@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 # Column datatypes, named as the Open Inference Protocol names tensor datatypes.
 FP64, INT64, BOOL, BYTES = "FP64", "INT64", "BOOL", "BYTES"

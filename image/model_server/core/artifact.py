@@ -25,8 +25,8 @@ from typing import Any
 
 import sklearn
 
-from .config import MODEL_METHODS
-from .errors import ArtifactError
+from ..config import MODEL_METHODS
+from ..errors import ArtifactError
 from .signature import Signature
 from .signature import read as read_signature
 

@@ -16,11 +16,13 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from . import __version__, drift, explain, jsonbody, metrics, openapi, v1, v2
+from .. import __version__, metrics
+from ..config import Settings
+from ..core import drift, explain
+from ..core.model import ModelHolder, Served
+from ..errors import BadRequest, ClientError, UnsupportedMediaType
+from . import jsonbody, openapi, v1, v2
 from .admission import BodyBudget, request_body
-from .config import Settings
-from .errors import BadRequest, ClientError, UnsupportedMediaType
-from .model import ModelHolder, Served
 
 SERVER_NAME = "model-server"
 EXTENSIONS = ["binary_tensor_data"]

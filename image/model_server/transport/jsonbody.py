@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 # A whole string, with the colon that makes it a key; or a run of anything else.
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"\s*(:)?|[^"]+')
