@@ -5,11 +5,20 @@ Run as ``gunicorn -c gunicorn.conf.py model_server.process.wsgi:app`` from this 
 
 import os
 import shutil
+import ssl
+import sys
 import tempfile
 
-from model_server.config import Settings
+from model_server.config import ConfigError, Settings
+from model_server.security.tls import ServerTls
 
-settings = Settings.from_env()
+try:
+    settings = Settings.from_env()
+    # Certificate files checked now, in the master: a key that does not match, an unreadable file, stop the
+    # server with one line naming the file instead of workers failing each handshake.
+    tls = ServerTls.from_settings(settings)
+except ConfigError as exc:
+    sys.exit(f"model-server: {exc}")
 
 # Workers share metrics through files; a fresh directory per server start so counters restart at zero.
 metrics_dir = settings.metrics_dir or os.path.join(tempfile.gettempdir(), "model-server-metrics")
@@ -25,6 +34,17 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 wsgi_app = "model_server.process.wsgi:app"
+if tls is not None:
+    # gunicorn's own TLS settings: requests see the https scheme, and the sync and gthread worker classes wrap
+    # their connections with the context below. The gevent worker (the default) does its own handshakes with
+    # the same contexts (model_server/process/worker.py).
+    certfile, keyfile = settings.tls_cert_file, settings.tls_key_file
+    if settings.tls_client_ca_file:
+        ca_certs, cert_reqs = settings.tls_client_ca_file, ssl.CERT_REQUIRED
+
+    def ssl_context(config, default_ssl_context_factory):
+        # Asked once per connection by the sync and gthread workers: the reloading context (security/tls.py).
+        return tls.main_context()
 
 
 def _address(host: str, port: int) -> str:

@@ -49,11 +49,14 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Server:
-    """A gunicorn process running the image's own gunicorn.conf.py on 127.0.0.1."""
+    """A gunicorn process running the image's own gunicorn.conf.py on 127.0.0.1. With TLS settings in ``env``
+    its URL is https and ``client`` holds what requests should send to reach it (verify, cert)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, client: dict | None = None) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if env.get("MODEL_SERVER_TLS_CERT_FILE") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.client = client or {}
         self.log_path = log_path
         launch = local.model_server(self.port, log_path.parent / f"metrics-{self.port}", **env)
         self.log = log_path.open("wb")
@@ -67,7 +70,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if requests.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/v2/health/live", timeout=1, **self.client).status_code == 200:
                     return
             except requests.ConnectionError:
                 pass
@@ -95,8 +98,8 @@ def start_server(tmp_path: Path) -> Iterator:
     """Factory: start_server(env) -> a live Server; every server is stopped at teardown."""
     servers: list[Server] = []
 
-    def start(env: dict[str, str] | None = None, wait: bool = True) -> Server:
-        server = Server(env or {}, tmp_path / f"gunicorn-{len(servers)}.log")
+    def start(env: dict[str, str] | None = None, wait: bool = True, client: dict | None = None) -> Server:
+        server = Server(env or {}, tmp_path / f"gunicorn-{len(servers)}.log", client)
         servers.append(server)
         if wait:
             server.wait_live()

@@ -283,6 +283,74 @@ FIELDS: dict[str, Setting] = {
         "Seconds between retries to load an artifact that failed to load.",
         Integer(1, 3600),
     ),
+    "tls_cert_file": Setting(
+        "MODEL_SERVER_TLS_CERT_FILE",
+        "",
+        "PEM certificate (chain) the server presents; with MODEL_SERVER_TLS_KEY_FILE it serves HTTPS only (TLS "
+        "1.2+, forward-secret AEAD suites), on both ports. Re-read when the file changes: new connections get the "
+        "new certificate, open ones keep theirs.",
+    ),
+    "tls_key_file": Setting(
+        "MODEL_SERVER_TLS_KEY_FILE", "", "PEM private key of MODEL_SERVER_TLS_CERT_FILE, unencrypted."
+    ),
+    "tls_client_ca_file": Setting(
+        "MODEL_SERVER_TLS_CLIENT_CA_FILE",
+        "",
+        "PEM CA certificates: the main port then requires a client certificate one of them signed (mutual TLS; a "
+        "client without one is refused in the handshake). The health port never asks for one.",
+    ),
+    "auth_tokens_file": Setting(
+        "MODEL_SERVER_AUTH_TOKENS_FILE",
+        "",
+        "Bearer tokens, one line per caller: `<id> sha256:<hex digest> <scopes>` (scopes: model names, `*` for "
+        "every model, `metrics`); model-server-token writes one. Several files: a comma list. Re-read when they "
+        "change. Setting any "
+        "MODEL_SERVER_AUTH_* identity turns authentication on for every endpoint but the health checks.",
+    ),
+    "auth_service_accounts": Setting(
+        "MODEL_SERVER_AUTH_SERVICE_ACCOUNTS",
+        "",
+        "Kubernetes ServiceAccounts whose projected tokens are accepted: `namespace/name=scope,scope;...`. Tokens "
+        "are verified offline against the keys of MODEL_SERVER_AUTH_JWKS_FILE or MODEL_SERVER_AUTH_JWKS_URL.",
+    ),
+    "auth_audience": Setting(
+        "MODEL_SERVER_AUTH_AUDIENCE",
+        "model-server",
+        "The audience a ServiceAccount token must be issued for (the client pod's projected token volume).",
+    ),
+    "auth_issuer": Setting(
+        "MODEL_SERVER_AUTH_ISSUER",
+        "https://kubernetes.default.svc.cluster.local",
+        "The issuer a ServiceAccount token must name (the API server's --service-account-issuer).",
+    ),
+    "auth_jwks_file": Setting(
+        "MODEL_SERVER_AUTH_JWKS_FILE",
+        "",
+        "The API server's signing keys as a JWKS file (`kubectl get --raw /openid/v1/jwks`, in a ConfigMap); "
+        "re-read when it changes.",
+    ),
+    "auth_jwks_url": Setting(
+        "MODEL_SERVER_AUTH_JWKS_URL",
+        "",
+        "Where to fetch the signing keys instead (e.g. https://kubernetes.default.svc/openid/v1/jwks); cached, "
+        "refetched every 5 minutes and when a token names an unknown key.",
+    ),
+    "auth_jwks_ca_file": Setting(
+        "MODEL_SERVER_AUTH_JWKS_CA_FILE",
+        "",
+        "CA bundle to verify MODEL_SERVER_AUTH_JWKS_URL with (default: system CAs).",
+    ),
+    "auth_jwks_token_file": Setting(
+        "MODEL_SERVER_AUTH_JWKS_TOKEN_FILE",
+        "",
+        "Bearer token file sent when fetching MODEL_SERVER_AUTH_JWKS_URL (the server pod's own ServiceAccount token).",
+    ),
+    "auth_client_certificates": Setting(
+        "MODEL_SERVER_AUTH_CLIENT_CERTIFICATES",
+        "",
+        "Client certificates that stand in for a token under mutual TLS: `name=scope,scope;...`, `name` matched "
+        "against the certificate's subject CN and its DNS and URI names.",
+    ),
     "metrics_dir": Setting(
         "PROMETHEUS_MULTIPROC_DIR", "", "Directory shared by workers for metrics (gunicorn.conf.py sets one in /tmp)."
     ),
@@ -320,6 +388,18 @@ class Settings:
     trusted_types: tuple[str, ...]
     drift_window: int
     reload_interval: int
+    tls_cert_file: str
+    tls_key_file: str
+    tls_client_ca_file: str
+    auth_tokens_file: str
+    auth_service_accounts: str
+    auth_audience: str
+    auth_issuer: str
+    auth_jwks_file: str
+    auth_jwks_url: str
+    auth_jwks_ca_file: str
+    auth_jwks_token_file: str
+    auth_client_certificates: str
     metrics_dir: str
 
     @classmethod
@@ -349,6 +429,10 @@ def _check_together(values: Mapping[str, object]) -> None:
             f"{env('health_port')} needs {env('worker_class')}=gevent: a {values['worker_class']} worker busy with "
             "a request cannot answer a probe on any port"
         )
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError(f"{env('tls_cert_file')} and {env('tls_key_file')} go together: set both or neither")
+    if values["tls_client_ca_file"] and not values["tls_cert_file"]:
+        raise ConfigError(f"{env('tls_client_ca_file')} needs {env('tls_cert_file')}: mutual TLS is TLS first")
     body, budget = values["max_body_bytes"], values["max_inflight_body_bytes"]
     assert isinstance(body, int)
     assert isinstance(budget, int)

@@ -23,10 +23,27 @@ class ClientError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Who was refused, about which model: the audit log's fields (the guard sets them on 401 and 403).
+        self.caller = "anonymous"
+        self.model = ""
 
 
 class BadRequest(ClientError, status=400):
     """The body is not a well-formed request of its protocol (malformed JSON, wrong member types)."""
+
+
+class Unauthorized(ClientError, status=401, headers=(("WWW-Authenticate", 'Bearer realm="model-server"'),)):
+    """No credentials, or not in a form the server reads: the endpoint needs a caller it knows."""
+
+
+class InvalidToken(Unauthorized, headers=(("WWW-Authenticate", 'Bearer realm="model-server", error="invalid_token"'),)):
+    """A bearer token the server does not know, or a ServiceAccount token that does not verify."""
+
+
+class Forbidden(
+    ClientError, status=403, headers=(("WWW-Authenticate", 'Bearer realm="model-server", error="insufficient_scope"'),)
+):
+    """A known caller whose scopes do not include what it asked for."""
 
 
 class NotFound(ClientError, status=404):

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from gunicorn.http.wsgi import Response
 
 REQUEST_ID_ENVIRON_KEY = "model_server.request_id"
+# The audit fields: who called (token id, ServiceAccount, certificate name, or "anonymous") about which model.
+CALLER_ENVIRON_KEY = "model_server.caller"
+MODEL_ENVIRON_KEY = "model_server.model"
+Audit = tuple[str | None, str | None]  # (caller, model) of a request, for its access-log line
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -62,14 +66,18 @@ class GunicornJsonLogger(GunicornBaseLogger):
             environ.get("REMOTE_ADDR"),
             environ.get(REQUEST_ID_ENVIRON_KEY),
             environ.get("HTTP_USER_AGENT"),
+            environ.get(CALLER_ENVIRON_KEY),
+            environ.get(MODEL_ENVIRON_KEY),
         )
 
-    def access_direct(self, req: Request, remote: str | None, status: int, seconds: float, sent: int, rid: str) -> None:
+    def access_direct(
+        self, req: Request, remote: str | None, status: int, seconds: float, sent: int, rid: str, audit: Audit
+    ) -> None:
         """The same line for a request the worker answered without WSGI (fastpath.PredictionFastPath.direct)."""
         if not self.access_log.handlers:
             return
         agent = next((value for name, value in req.headers if name == "USER-AGENT"), None)
-        self._write(req.method, req.path, status, seconds, sent, remote, rid, agent)
+        self._write(req.method, req.path, status, seconds, sent, remote, rid, agent, *audit)
 
     def _write(
         self,
@@ -81,7 +89,11 @@ class GunicornJsonLogger(GunicornBaseLogger):
         remote: str | None,
         rid: str | None,
         agent: str | None,
+        caller: str | None = None,
+        model: str | None = None,
     ) -> None:
+        # The audit trail: every request's caller and model beside its status and id. Never a request's or an
+        # answer's values, at any level: the body is not logged anywhere (tests/server/test_security.py).
         entry = {
             "ts": _timestamp(time.time()),
             "level": "info",
@@ -95,6 +107,8 @@ class GunicornJsonLogger(GunicornBaseLogger):
             "remote": remote,
             "request_id": rid,
             "user_agent": agent,
+            "caller": caller,
+            "model": model,
         }
         line = orjson.dumps(entry, default=str).decode() + "\n"
         for handler in self.access_log.handlers:

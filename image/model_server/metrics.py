@@ -80,6 +80,12 @@ BATCH_SPLITS = Counter(
     "Merged model calls that failed (usually one request's bad input) and were answered one request at a "
     "time, so each request got its own answer or error.",
 )
+TLS_HANDSHAKE_FAILURES = Counter(
+    "model_server_tls_handshake_failures_total",
+    "TLS handshakes refused or abandoned, by reason: no client certificate where mutual TLS requires one, a "
+    "client certificate the CA did not sign, plaintext to a TLS port, a protocol or cipher refused, a stall.",
+    ["reason"],
+)
 FEATURE_DRIFT = "model_server_feature_drift"
 FEATURE_DRIFT_HELP = (
     "Population stability index (PSI) of each input column: its distribution over the recent window "
@@ -97,6 +103,12 @@ def drift_bin(column: str, label: str) -> Gauge:
 def shed(reason: str) -> Counter:
     """The shed-requests counter for one reason (queue or connections)."""
     return SHED_REQUESTS.labels(reason=reason)
+
+
+@functools.cache
+def tls_handshake_failure(reason: str) -> Counter:
+    """The handshake-failures counter for one reason (a fixed set: worker._handshake_failure)."""
+    return TLS_HANDSHAKE_FAILURES.labels(reason=reason)
 
 
 @functools.cache

@@ -1,6 +1,11 @@
 """End-to-end check of a running server: what the chart's `helm test` Pod runs.
 
-    python -m model_server.smoke --url http://SERVICE:PORT [--expect-from ARTIFACT_DIR]
+    python -m model_server.smoke --url http[s]://SERVICE:PORT [--expect-from ARTIFACT_DIR]
+        [--ca-file CA] [--token-file TOKEN] [--cert-file CERT --key-file KEY]
+
+Over HTTPS it verifies the server's certificate against --ca-file; with --token-file it sends that bearer
+token (a file: a ServiceAccount's projected token is rotated by kubelet, so it is read for each call);
+with --cert-file/--key-file it presents a client certificate (mutual TLS).
 
 Passes only if the server is ready, names a model, and answers the same rows on V1 and V2 with
 the same values. The rows are built from the model's own signature (model metadata): each
@@ -14,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +33,39 @@ class SmokeFailure(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach a secured server: the CA to verify it with, a bearer token file, a client certificate."""
+
+    ca_file: str | None = None
+    token_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def context(self) -> ssl.SSLContext | None:
+        if not (self.ca_file or self.cert_file):
+            return None
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.token_file:
+            headers["Authorization"] = "Bearer " + Path(self.token_file).read_text().strip()
+        return headers
+
+
+CREDENTIALS = Credentials()  # set by main() from its arguments
+
+
 def call(url: str, body: Any = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    # --url is the release's own Service URL, set by the chart: http by construction.
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})  # noqa: S310
+    # --url is the release's own Service URL, set by the chart.
+    request = urllib.request.Request(url, data=data, headers=CREDENTIALS.headers())  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=CREDENTIALS.context()) as response:  # noqa: S310
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise SmokeFailure(f"{url} answered {exc.code}: {exc.read()[:200]!r}") from None
@@ -127,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="base URL of the server")
     parser.add_argument("--expect-from", type=Path, help="artifact directory whose answers must match")
     parser.add_argument("--wait", type=float, default=30, help="seconds to wait for readiness (default 30)")
+    parser.add_argument("--ca-file", help="CA certificate to verify an https server with")
+    parser.add_argument("--token-file", help="file holding a bearer token to send (read for each request)")
+    parser.add_argument("--cert-file", help="client certificate to present (mutual TLS)")
+    parser.add_argument("--key-file", help="the client certificate's key")
     args = parser.parse_args(argv)
+    global CREDENTIALS
+    CREDENTIALS = Credentials(args.ca_file, args.token_file, args.cert_file, args.key_file)
     try:
         print(run(args.url, args.expect_from, args.wait))
     except Exception as exc:  # a failed check, an odd answer or an unloadable artifact: one line, exit 1

@@ -142,9 +142,12 @@ def test_network_policy_admits_the_gateway_the_scraper_the_test_pod_and_extra_ru
     admitted = [s["podSelector"]["matchLabels"] for s in sources if set(s) == {"podSelector"}]
     assert any(all(test_pod.get(k) == v for k, v in selector.items()) for selector in admitted)
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    # DNS narrowed to kube-dns, then the sidecar's sink from extraEgress.
+    # DNS narrowed to kube-dns, then extraEgress: the API server (auth.jwks.url) and the sidecar's sink.
     assert policy["egress"][0]["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
-    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    assert [rule["to"] for rule in policy["egress"][1:]] == [
+        [{"ipBlock": {"cidr": "10.96.0.1/32"}}],
+        [{"ipBlock": {"cidr": "203.0.113.0/24"}}],
+    ]
     extra = server_policy(template("chart/ci/pvc-values.yaml"))["spec"]
     # Callers reach the serving port; the scraper only the health port, where /metrics is; then extraIngress.
     callers, scraper, extra_rule = extra["ingress"]
@@ -195,15 +198,26 @@ def test_http_route_matches_filters_and_timeouts():
     assert "timeouts" not in plain
 
 
+def default_scheme(monitor: dict) -> str:
+    return monitor["spec"]["endpoints"][0]["scheme"]
+
+
 def test_service_monitor_namespace_job_label_honor_labels_and_tls():
     monitor = one(template("chart/ci/pvc-values.yaml"), "ServiceMonitor")
     assert monitor["metadata"]["namespace"] == "monitoring"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ns"]}
     assert monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
     assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    # With the server's TLS the scrape is https, verified with the CA in the TLS Secret for the Service's
+    # name, and carries the metrics token; an operator's own tlsConfig wins.
     tls = one(template("chart/ci/existing-claim-values.yaml"), "ServiceMonitor")["spec"]["endpoints"][0]
+    name = "a-very-long-full-name-override-that-goes-past-the-sixty-three-c"
     assert tls["scheme"] == "https"
-    assert tls["tlsConfig"] == {"insecureSkipVerify": False, "serverName": "model.example.com"}
+    assert tls["tlsConfig"] == {"serverName": f"{name}.ns.svc", "ca": {"secret": {"name": name, "key": "ca.crt"}}}
+    assert tls["authorization"] == {"type": "Bearer", "credentials": {"name": "prometheus-model-token", "key": "token"}}
+    own = one(template("chart/ci/pvc-values.yaml"), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert own["tlsConfig"]["serverName"] == "model.example.com"
+    assert default_scheme(one(template(sets=("serviceMonitor.enabled=true",)), "ServiceMonitor")) == "http"
     default = one(template(sets=("serviceMonitor.enabled=true",)), "ServiceMonitor")
     assert default["metadata"]["namespace"] == "ns"
     assert "jobLabel" not in default["spec"]

@@ -47,9 +47,9 @@ def test_deployment_defaults(defaults):
     assert server["image"] == "ghcr.io/model-server-gitops/model-server:0.1.0"
     assert server["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     # Probes go to the health port, which the main port's connection cap and queue never touch.
-    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health"}
-    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health"}
-    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "health"}
+    assert server["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health", "scheme": "HTTP"}
+    assert server["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "health", "scheme": "HTTP"}
+    assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "health", "scheme": "HTTP"}
     assert {"name": "health", "containerPort": 8082, "protocol": "TCP"} in server["ports"]
     assert one(defaults, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "8082"
     assert server["resources"]["requests"] == {"cpu": "500m", "memory": "256Mi", "ephemeral-storage": "64Mi"}

@@ -8,7 +8,7 @@ import io
 import orjson
 import pytest
 from model_server.errors import BodyBudgetExceeded
-from model_server.transport import admission
+from model_server.transport import admission, fastpath
 from model_server.transport.admission import CLOSE_CONNECTION_ENVIRON_KEY, SMALL_BODY_BYTES, BodyBudget, request_body
 from model_server.transport.app import create_app
 from model_server.transport.middleware import Observability
@@ -96,10 +96,11 @@ def test_fast_path_and_flask_refuse_a_body_past_the_budget_alike(artifact_dir, p
             artifact_dir, MODEL_SERVER_MAX_BODY_BYTES="1048576", MODEL_SERVER_MAX_INFLIGHT_BODY_BYTES="1048576"
         )
     )
-    budget = app.wsgi_app.app.budget
+    fast = app.extensions[fastpath.EXTENSION]
+    budget = fast.budget
     big = b" " * BIG + orjson.dumps({"instances": [[0.1] * 10]})
     answers = []
-    for client in (Client(app.wsgi_app), Client(Observability(app.wsgi_app.app.app))):
+    for client in (Client(app.wsgi_app), Client(Observability(fast.app))):
         ok = client.post(path, data=b"{}", headers={"Content-Type": "application/json"})
         assert ok.status_code in (400, 422), ok.get_data()  # positive control: read and answered on its merits
         assert budget.take(budget.limit - BIG + 1)  # another request holds nearly all of it

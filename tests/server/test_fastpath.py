@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from model_server.transport import fastpath
 from model_server.transport.app import create_app
 from model_server.transport.middleware import Observability
 from werkzeug.test import Client, EnvironBuilder, run_wsgi_app
@@ -47,7 +48,8 @@ def stacks(artifact_dir):
     app = create_app(make_settings(artifact_dir, MODEL_SERVER_MAX_ROWS="100", MODEL_SERVER_MAX_BODY_BYTES="65536"))
     flask_calls = []
     app.before_request(lambda: flask_calls.append(1))
-    flask_only = Observability(app.wsgi_app.app.app)
+    # The Flask app the fast path stands in front of, behind the same middleware.
+    flask_only = Observability(app.extensions[fastpath.EXTENSION].app)
     return Client(app.wsgi_app), Client(flask_only), flask_calls
 
 
@@ -161,7 +163,7 @@ def _split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
 def test_the_workers_direct_door_answers_as_flask_does(stacks, path, body, headers):
     """What the gevent worker sends for a prediction it answers from gunicorn's parsed head, without WSGI."""
     fast, flask_only, _ = stacks
-    door = fast.application.app  # Observability -> PredictionFastPath
+    door = fast.application.app.app  # Observability -> Guarded -> PredictionFastPath
     headers = {**headers, "X-Request-ID": "same-id"}
     fast.post(path, data=body, headers=headers)  # the first request to a path is matched through WSGI
     answer = door.direct(_gunicorn_request(_raw_request(path, body, headers)), keep_alive=True)
@@ -178,7 +180,7 @@ def test_the_workers_direct_door_answers_as_flask_does(stacks, path, body, heade
 
 def test_the_direct_door_leaves_what_it_does_not_take_to_wsgi(stacks):
     fast, _, _ = stacks
-    door = fast.application.app
+    door = fast.application.app.app
     body = orjson.dumps({"instances": ROWS.tolist()})
     fast.post("/predict", data=body, headers=JSON)
     assert door.direct(_gunicorn_request(_raw_request("/predict", body, JSON)), keep_alive=False).close

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import os
 import socket
+import ssl
 import time
 from functools import partial
 from typing import Any
@@ -48,7 +49,9 @@ from .. import metrics
 from ..config import Settings
 from ..errors import RequestTimeout
 from ..logs import GunicornJsonLogger
+from ..security.tls import ServerTls
 from ..transport.admission import CLOSE_CONNECTION_ENVIRON_KEY
+from ..transport.fastpath import EXTENSION
 from . import fairness
 
 BODY_BYTES_PER_SECOND = 64 * 1024  # the slowest upload the body deadline allows for, at the body limit
@@ -143,13 +146,16 @@ class ModelServerWorker(GeventWorker):
         self.drain_deadline = float("inf")
         self.connections = Group()
         self.fastpath: Any = None  # the app's fastpath.PredictionFastPath, found in run()
+        # TLS on both ports when configured (security/tls.py); each worker builds its own contexts after the
+        # fork (gevent's patched ssl) and rebuilds them when the certificate files change.
+        self.tls = ServerTls.from_settings(settings)
         self._stopping: Event | None = None
 
     # ---- serving -------------------------------------------------------------------------------------
 
     def run(self) -> None:
         # The app's fast path sheds and answers predictions straight from gunicorn's request head.
-        self.fastpath = getattr(self.wsgi, "extensions", {}).get("model_server.transport.fastpath")
+        self.fastpath = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
         servers = []
         for listener in self.sockets:
             listener.setblocking(True)
@@ -168,6 +174,12 @@ class ModelServerWorker(GeventWorker):
         self._stopping = Event()
         while self.alive:
             self.notify()
+            # Certificates and tokens looked at every heartbeat too, not only when a connection or request
+            # comes: every worker serves a renewal within a second or two of the Secret's update.
+            if self.tls is not None:
+                self.tls.refresh()
+            if self.fastpath is not None:
+                self.fastpath.guard.refresh()
             self._stopping.wait(_HEARTBEAT_S)
         self.drain(servers)
 
@@ -187,9 +199,19 @@ class ModelServerWorker(GeventWorker):
         self.open_connections += 1
         try:
             if self.open_connections > self.connection_cap:
-                self._over_capacity(listener, client, addr)
-            else:
-                self._serve(listener, client, addr)
+                if self.tls is not None:
+                    # Past the cap a TLS connection is closed before its handshake (the handshake is what the cap
+                    # saves): nothing can be read of it without one. Probes go to the health port.
+                    metrics.shed("connections").inc()
+                    util.close(client)
+                else:
+                    self._over_capacity(listener, client, addr)
+                return
+            if self.tls is not None:
+                client = self._handshake(client, self.tls.main_context(), self.header_timeout)
+                if client is None:
+                    return
+            self._serve(listener, client, addr)
         finally:
             self.open_connections -= 1
 
@@ -201,9 +223,31 @@ class ModelServerWorker(GeventWorker):
             if self.health_connections > HEALTH_CONNECTIONS:
                 util.close(client)
                 return
+            if self.tls is not None:
+                client = self._handshake(client, self.tls.health_context(), HEALTH_HEADER_TIMEOUT_S)
+                if client is None:
+                    return
             self._serve(listener, client, addr, health=True)
         finally:
             self.health_connections -= 1
+
+    def _handshake(self, client: Any, context: ssl.SSLContext, seconds: float) -> Any:
+        """The connection with TLS established within ``seconds``, or None (closed, the failure counted): no
+        client certificate where one is required, a certificate the CA did not sign, plaintext, a stall."""
+        reason = "timeout"
+        secured = None
+        with _quiet_timeout(seconds):
+            try:
+                secured = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+                secured.do_handshake()
+                return secured
+            except ssl.SSLError as exc:
+                reason = _handshake_failure(exc)
+            except OSError:
+                reason = "connection"
+        metrics.tls_handshake_failure(reason).inc()
+        util.close(secured if secured is not None else client)
+        return None
 
     def _serve(self, listener: Any, client: Any, addr: Any, health: bool = False) -> None:
         parser = http.get_parser(self.cfg, client, addr)
@@ -279,7 +323,7 @@ class ModelServerWorker(GeventWorker):
         started = time.perf_counter()
         keep_alive = bool(self.alive and self.cfg.keepalive and not req.should_close())
         with gevent.Timeout(self.request_deadline, RequestTimeout("the request body did not arrive in time")):
-            answer = fast.direct(req, keep_alive)
+            answer = fast.direct(req, keep_alive, getattr(client, "getpeercert", _no_certificate))
             if answer is None:
                 return None
             try:
@@ -293,7 +337,13 @@ class ModelServerWorker(GeventWorker):
         remote = addr[0] if isinstance(addr, tuple) else None
         if isinstance(self.log, GunicornJsonLogger):
             self.log.access_direct(
-                req, remote, answer.status, time.perf_counter() - started, answer.body_bytes, answer.request_id
+                req,
+                remote,
+                answer.status,
+                time.perf_counter() - started,
+                answer.body_bytes,
+                answer.request_id,
+                answer.audit,
             )
         if not answer.close and self.cfg.keepalive:
             fairness.next_turn()
@@ -401,3 +451,21 @@ def _linger(client: Any) -> None:
         with _quiet_timeout(LINGER_S):
             while client.recv(65536):
                 pass
+
+
+def _no_certificate() -> None:
+    return None
+
+
+def _handshake_failure(exc: ssl.SSLError) -> str:
+    """A bounded label for a failed handshake (the metric's reason): what the client did wrong."""
+    text = f"{exc.reason or ''} {exc}".upper()
+    if "CERTIFICATE_REQUIRED" in text or "PEER DID NOT RETURN A CERTIFICATE" in text:
+        return "no client certificate"
+    if "CERTIFICATE" in text or "UNKNOWN_CA" in text:
+        return "bad client certificate"
+    if "HTTP_REQUEST" in text or "WRONG_VERSION_NUMBER" in text or "RECORD" in text:
+        return "not TLS"
+    if "VERSION" in text or "PROTOCOL" in text or "CIPHER" in text:
+        return "protocol or cipher refused"
+    return "other"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from wsgiref.types import StartResponse
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -12,10 +14,11 @@ from ..config import Settings
 from ..core.model import ModelHolder, configure_scikit_learn
 from ..core.scheduler import Scheduler
 from ..errors import ClientError
-from . import routes
+from ..security.guard import Guard
+from . import fastpath, routes
 from .admission import BodyBudget
 from .fastpath import PredictionFastPath
-from .middleware import ROUTE_ENVIRON_KEY, Observability, RequestMetrics
+from .middleware import ROUTE_ENVIRON_KEY, Guarded, Observability, RequestMetrics
 from .routes import json_response, status_and_message
 
 log = logging.getLogger("model_server.transport.app")
@@ -25,6 +28,9 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     """Build the app. The model is loaded here, once per process, before the first request."""
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
+    # Who may call what: built first, in the master, so a bad tokens file or key set stops the server at
+    # start (ConfigError naming the file and line) before anything loads.
+    guard = Guard.from_settings(settings)
     configure_scikit_learn()
     if holder is None:
         holder = ModelHolder(settings)
@@ -70,13 +76,30 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
         served = holder.served
         return served.scheduler if served is not None else None
 
+    def served() -> str:
+        return holder.name
+
     request_metrics = RequestMetrics()
     fast = PredictionFastPath(
-        app.wsgi_app, app.url_map, handlers, settings.max_body_bytes, budget, scheduler, request_metrics
+        app.wsgi_app,
+        app.url_map,
+        handlers,
+        settings.max_body_bytes,
+        budget,
+        scheduler,
+        request_metrics,
+        guard,
+        served,
     )
-    # The gevent worker (worker.py) sheds predictions, and answers them, from gunicorn's request head
-    # through these, before any WSGI request is built.
-    app.extensions["model_server.transport.fastpath"] = fast
+    # The gevent worker (process/worker.py) sheds predictions, and answers them, from gunicorn's request head
+    # through the fast path, before any WSGI request is built.
+    app.extensions[fastpath.EXTENSION] = fast
+
+    def refuse(exc: ClientError, start_response: StartResponse) -> Iterable[bytes]:
+        status, headers, body = fastpath.error(*status_and_message(exc))
+        start_response(fastpath.status_text(status), headers)
+        return [body]
+
     # Flask's documented way to put WSGI middleware in front; mypy sees the assignment of a method.
-    app.wsgi_app = Observability(fast, request_metrics)  # type: ignore[method-assign]
+    app.wsgi_app = Observability(Guarded(fast, guard, served, refuse), request_metrics)  # type: ignore[method-assign]
     return app

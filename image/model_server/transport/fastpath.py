@@ -32,6 +32,8 @@ from werkzeug.routing import Map
 from .. import metrics
 from ..core.scheduler import OVERLOADED, Scheduler
 from ..errors import ClientError, Overloaded
+from ..logs import Audit
+from ..security.guard import Guard
 from . import v2
 from .admission import CLOSE_CONNECTION_ENVIRON_KEY, BodyBudget, request_body
 from .middleware import ROUTE_ENVIRON_KEY, RequestMetrics, valid_request_id
@@ -47,7 +49,8 @@ def _status_line(code: int) -> str:
     return f"{code} {HTTP_STATUS_CODES.get(code, 'UNKNOWN').upper()}"
 
 
-def _error(status: int, message: str, extra: tuple[tuple[str, str], ...]) -> tuple[int, Headers, bytes]:
+def error(status: int, message: str, extra: tuple[tuple[str, str], ...]) -> tuple[int, Headers, bytes]:
+    """A refusal's status, headers and ``{"error": ...}`` body, as both doors send it."""
     body = orjson.dumps({"error": message})
     return status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra], body
 
@@ -102,6 +105,12 @@ class DirectAnswer:
     request_id: str
     body_bytes: int
     close: bool  # the connection closes after it (the client asked, the worker drains, or a body went unread)
+    audit: Audit  # (caller, model)
+
+
+# The key under which the app offers the fast path to the gevent worker (process/worker.py).
+EXTENSION = "model_server.fastpath"
+_UNREAD_BODY_KEPT = 64 * 1024  # a refused request's unread body up to this is skipped; a longer one closes
 
 
 class PredictionFastPath:
@@ -116,6 +125,8 @@ class PredictionFastPath:
         budget: BodyBudget,
         scheduler: Callable[[], Scheduler | None] = lambda: None,
         request_metrics: RequestMetrics | None = None,
+        guard: Guard | None = None,
+        served: Callable[[], str] = lambda: "",
     ) -> None:
         self.app = app
         self.url_map = url_map
@@ -127,6 +138,10 @@ class PredictionFastPath:
         self.scheduler = scheduler
         # The direct door records its requests itself (the WSGI door is recorded by the middleware around it).
         self.request_metrics = request_metrics or RequestMetrics()
+        # The security guard (security/guard.py), which the direct door runs itself; the WSGI door is behind
+        # the Guarded middleware. ``served``: the name of the model served, which /predict is about.
+        self.guard = guard or Guard()
+        self.served = served
         self._shed_series = metrics.shed("queue")
         self._date = _HttpDate()
         # PATH_INFO -> (handler, rule, URL args) of prediction routes already matched: matching
@@ -158,7 +173,7 @@ class PredictionFastPath:
         except Exception as exc:
             if not isinstance(exc, ClientError | HTTPException):
                 log.exception("unhandled error on POST %s", path)
-            return _error(*status_and_message(exc))
+            return error(*status_and_message(exc))
 
     # ---- the WSGI door ------------------------------------------------------------------------------
 
@@ -186,11 +201,12 @@ class PredictionFastPath:
 
     # ---- the worker's door --------------------------------------------------------------------------
 
-    def direct(self, req: Any, keep_alive: bool) -> DirectAnswer | None:
+    def direct(self, req: Any, keep_alive: bool, peer: Callable[[], Any] = lambda: None) -> DirectAnswer | None:
         """Answer gunicorn's parsed request ``req`` (its body still unread) as one HTTP/1.1 response, or None
         when it is not a prediction this door takes: then the worker serves it through WSGI as usual. Taken:
         HTTP/1.1 POSTs to a path already matched (so a percent-free path, equal to its PATH_INFO), without
-        ``Expect``. ``keep_alive``: whether the worker would keep the connection after it."""
+        ``Expect``. ``keep_alive``: whether the worker would keep the connection after it; ``peer``: the client
+        certificate of a mutual-TLS connection."""
         if req.method != "POST" or req.version != (1, 1):
             return None
         path = req.path
@@ -199,7 +215,7 @@ class PredictionFastPath:
             return None
         started = time.perf_counter()
         content_type = rid = ""
-        binary_header = length = None
+        binary_header = length = authorization = None
         chunked = False
         for name, value in req.headers:
             if name == "CONTENT-TYPE":
@@ -208,6 +224,8 @@ class PredictionFastPath:
                 length = value
             elif name == "X-REQUEST-ID":
                 rid = value
+            elif name == "AUTHORIZATION":
+                authorization = value
             elif name == _BINARY_HEADER_NAME:
                 binary_header = value
             elif name == "TRANSFER-ENCODING":
@@ -220,8 +238,17 @@ class PredictionFastPath:
             body_environ["CONTENT_LENGTH"] = length
         elif chunked:
             body_environ["wsgi.input_terminated"] = True
-        status, headers, body = self.serve(matched, body_environ, content_type, binary_header, path)
-        close = not keep_alive or bool(body_environ.get(CLOSE_CONNECTION_ENVIRON_KEY))
+        try:
+            caller, model = self.guard.check(path, authorization, peer, self.served())
+        except ClientError as refused:
+            status, headers, body = error(*status_and_message(refused))
+            audit: Audit = (refused.caller, refused.model)
+            unread_kept = length is not None and length.isdigit() and int(length) <= _UNREAD_BODY_KEPT
+            close = not keep_alive or not unread_kept
+        else:
+            audit = (caller.id if caller is not None else "anonymous", model)
+            status, headers, body = self.serve(matched, body_environ, content_type, binary_header, path)
+            close = not keep_alive or bool(body_environ.get(CLOSE_CONNECTION_ENVIRON_KEY))
         head = [
             f"HTTP/1.1 {status_text(status)}\r\n".encode(),
             _SERVER,
@@ -232,7 +259,7 @@ class PredictionFastPath:
             body,
         ]
         self.request_metrics.record(matched[1], "POST", str(status), time.perf_counter() - started)
-        return DirectAnswer(b"".join(head), status, rid, len(body), close)
+        return DirectAnswer(b"".join(head), status, rid, len(body), close, audit)
 
     def refusal(self, method: str, path: str, headers: Headers) -> bytes | None:
         """The whole HTTP answer shedding this request, when it is a prediction this worker's full queue would

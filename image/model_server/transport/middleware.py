@@ -1,4 +1,4 @@
-"""WSGI middleware around the Flask app: request IDs, latency and request metrics.
+"""WSGI middleware around the Flask app: request IDs, latency and request metrics; the security guard.
 
 Done at the WSGI layer, on the environ, rather than in Flask before/after hooks: the hooks reach the
 request through context-local proxies at a couple of microseconds per access, which was most of the
@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import Counter, Histogram
 
 from .. import metrics
-from ..logs import REQUEST_ID_ENVIRON_KEY
+from ..errors import ClientError
+from ..logs import CALLER_ENVIRON_KEY, MODEL_ENVIRON_KEY, REQUEST_ID_ENVIRON_KEY
+from ..security.guard import Guard
 
 ROUTE_ENVIRON_KEY = "model_server.route"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -76,3 +78,36 @@ class Observability:
             time.perf_counter() - started,
         )
         return body
+
+
+def peer_certificate(environ: WSGIEnvironment) -> Any:
+    """The client certificate of the request's TLS connection (mutual TLS), or None."""
+    sock = environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert() if getpeercert is not None else None
+
+
+class Guarded:
+    """Runs the guard (security/guard.py) before the app: a refused request never reaches a handler. The
+    caller's id and the model the request is about go into the environ for the audit (access) log."""
+
+    def __init__(self, app: WSGIApplication, guard: Guard, served: Callable[[], str], refuse: Refuse) -> None:
+        self.app, self.guard, self.served, self.refuse = app, guard, served, refuse
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            caller, model = self.guard.check(
+                environ.get("PATH_INFO", ""),
+                environ.get("HTTP_AUTHORIZATION"),
+                lambda: peer_certificate(environ),
+                self.served(),
+            )
+        except ClientError as exc:
+            environ[CALLER_ENVIRON_KEY], environ[MODEL_ENVIRON_KEY] = exc.caller, exc.model
+            return self.refuse(exc, start_response)
+        environ[CALLER_ENVIRON_KEY] = caller.id if caller is not None else "anonymous"
+        environ[MODEL_ENVIRON_KEY] = model
+        return self.app(environ, start_response)
+
+
+Refuse = Callable[[ClientError, StartResponse], Iterable[bytes]]
