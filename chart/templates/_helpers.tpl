@@ -194,7 +194,13 @@ can answer a probe while busy with a request), else 0 (probes use the main port)
 
 {{/* Whether the server checks callers (any identity source configured). */}}
 {{- define "model-server.authEnabled" -}}
-{{- if or .Values.auth.existingSecret .Values.auth.serviceAccounts .Values.auth.clientCertificates }}true{{ end }}
+{{- if or .Values.auth.existingSecret .Values.auth.serviceAccounts .Values.auth.clientCertificates (include "model-server.testByAccount" .) }}true{{ end }}
+{{- end }}
+
+{{/* Whether the test Pod calls with its own ServiceAccount's projected token: the server has the API
+server's keys (auth.jwks) and tests are on. */}}
+{{- define "model-server.testByAccount" -}}
+{{- if and .Values.tests.enabled (or .Values.auth.jwks.configMap .Values.auth.jwks.url) }}true{{ end }}
 {{- end }}
 
 {{/* The server's MODEL_SERVER_AUTH_SERVICE_ACCOUNTS: the listed accounts, and the test Pod's (scope *). */}}
@@ -203,7 +209,7 @@ can answer a probe while busy with a request), else 0 (probes use the main port)
 {{- range .Values.auth.serviceAccounts }}
 {{- $items = append $items (printf "%s/%s=%s" .namespace .name (join "," .scopes)) }}
 {{- end }}
-{{- if and .Values.auth.serviceAccounts .Values.tests.enabled }}
+{{- if include "model-server.testByAccount" . }}
 {{- $items = append $items (printf "%s/%s=*" .Release.Namespace (include "model-server.testServiceAccountName" .)) }}
 {{- end }}
 {{- join ";" $items }}
@@ -290,8 +296,11 @@ Checks the schema cannot express. Each failure names the values involved.
 {{- if and $v.auth.jwks.configMap $v.auth.jwks.url }}
 {{- fail "auth.jwks: set configMap or url, not both" }}
 {{- end }}
-{{- if and $v.tests.enabled (include "model-server.authEnabled" .) (not $v.auth.serviceAccounts) (not $v.tests.tokenSecret.existingSecret) }}
-{{- fail "tests.enabled with auth on: the test Pod needs a credential; list auth.serviceAccounts (its own is then added) or set tests.tokenSecret.existingSecret" }}
+{{- if and $v.tests.enabled (include "model-server.authEnabled" .) (not (include "model-server.testByAccount" .)) (not $v.tests.tokenSecret.existingSecret) }}
+{{- fail "tests.enabled with auth on: the test Pod needs a credential; give the server the API server's keys (auth.jwks: the test Pod then uses its own ServiceAccount) or set tests.tokenSecret.existingSecret" }}
+{{- end }}
+{{- if and (or $v.auth.jwks.configMap $v.auth.jwks.url) (not $v.auth.serviceAccounts) (not $v.tests.enabled) }}
+{{- fail "auth.jwks is set but no ServiceAccount may call: list auth.serviceAccounts, or drop auth.jwks" }}
 {{- end }}
 {{- if and $v.tests.enabled (or $v.tls.clientCA.existingSecret $v.tls.clientCA.configMap) }}
 {{- fail "tests.enabled with mutual TLS: the test Pod has no client certificate; set tests.enabled=false and test with a client of your own" }}
