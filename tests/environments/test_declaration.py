@@ -92,7 +92,7 @@ def _edit(path: Path, old: str, new: str) -> None:
             "- environments/prod/diabetes.yaml",
             "element 'prod' model 'penguins' valuesFiles",
         ),
-        ("environments/argocd/applicationset.yaml", 'chartVersion: "0.3.0"', 'chartVersion: "0.2.0"', "chartVersion"),
+        ("environments/argocd/applicationset.yaml", 'chartVersion: "0.4.0"', 'chartVersion: "0.3.0"', "chartVersion"),
         (
             "environments/flux/prod/diabetes.yaml",
             "targetNamespace: model-server-prod",
@@ -105,7 +105,7 @@ def _edit(path: Path, old: str, new: str) -> None:
             "- environments/dev/values-old.yaml",
             "in dev valuesFiles",
         ),
-        ("environments/flux/staging/chart.yaml", 'tag: "0.3.0"', 'tag: "0.2.0"', "OCIRepository of staging ref.tag"),
+        ("environments/flux/staging/chart.yaml", 'tag: "0.4.0"', 'tag: "0.3.0"', "OCIRepository of staging ref.tag"),
         ("environments/flux/prod/chart.yaml", "provider: cosign", "provider: notation", "cosign signature"),
         (
             "environments/flux/staging/penguins.yaml",
@@ -161,8 +161,8 @@ BAD_DECLARATIONS = [
     ("promotesTo: prod", "promotesTo: production", "unknown environment 'production'"),
     ("releaseName: model-server-{model}", "releaseName: ''", "releaseName must be a non-empty str"),
     ("releaseName: model-server-{model}", "releaseName: ms-{name}", "may only use"),
-    ("chartVersion: 0.3.0\n    models: [diabetes, penguins]\n    # Prod", "models: [diabetes]\n    # Prod", "no chartV"),  # noqa: E501
-    ("chartVersion: 0.3.0", "chartVersion: latest", "chartVersion must be a quoted semantic version"),
+    ("chartVersion: 0.4.0\n    models: [diabetes, penguins]\n    # Prod", "models: [diabetes]\n    # Prod", "no chartV"),  # noqa: E501
+    ("chartVersion: 0.4.0", "chartVersion: latest", "chartVersion must be a quoted semantic version"),
     ("registry: oci://ghcr.io", "registry: https://ghcr.io", "chart.registry must be an oci:// reference"),
 ]
 # fmt: on
