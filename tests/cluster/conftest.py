@@ -211,12 +211,15 @@ RESTRICTED_CONTAINER = {
 # A new pod's address reaches the policy controller's ipsets a moment after the pod starts: a client
 # in an admitted namespace first waits (30 s at most) until the Service answers it.
 REACHABLE = """
-import time, urllib.request
+import os, ssl, time, urllib.request
+# https: verified with the CA the test mounted at E2E_CA (a secured release).
+TLS = ssl.create_default_context(cafile=os.environ["E2E_CA"]) if os.environ.get("E2E_CA") else None
 def wait_reachable(url, timeout=30):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url + "/v2/health/ready", timeout=3):
+            context = TLS if url.startswith("https") else None
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=3, context=context):
                 return
         except Exception:
             if time.monotonic() > deadline:

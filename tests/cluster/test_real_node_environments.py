@@ -18,6 +18,7 @@ from one it does not.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from model_server import tokens
 from msops import environments, node, render, values
 
+from tests.certs import CA
 from tests.cluster.conftest import (
     REACHABLE,
     ROLLOUT_UPGRADE,
@@ -67,6 +70,7 @@ class Installed:
     service: str = ""
     port: int = 0
     allowed_namespace: str = ""
+    secured: bool = False  # TLS and tokens on (staging, prod): clients mount the CA and a token
 
     @property
     def namespace(self) -> str:
@@ -74,7 +78,27 @@ class Installed:
 
     @property
     def url(self) -> str:
-        return f"http://{self.service}.{self.namespace}.svc.cluster.local:{self.port}"
+        scheme = "https" if self.values["tls"]["enabled"] else "http"
+        return f"{scheme}://{self.service}.{self.namespace}.svc.cluster.local:{self.port}"
+
+    def client(self, name: str, namespace: str, script: str) -> dict:
+        """A client pod with what this release asks of its callers: the CA (E2E_CA) and a token (E2E_TOKEN)."""
+        if not self.secured:
+            return client_pod(name, namespace, self.image, script)
+        env = {"E2E_CA": "/etc/e2e/ca/ca.crt", "E2E_TOKEN": "/etc/e2e/token/token"}
+        volumes = [
+            {"name": "ca", "configMap": {"name": "e2e-ca"}},
+            {"name": "token", "secret": {"secretName": "e2e-token"}},  # pragma: allowlist secret (a name)
+        ]
+        mounts = [{"name": "ca", "mountPath": "/etc/e2e/ca"}, {"name": "token", "mountPath": "/etc/e2e/token"}]
+        return client_pod(name, namespace, self.image, script, env=env, volumes=volumes, mounts=mounts)
+
+    def stream_options(self) -> dict[str, object]:
+        if not self.secured:
+            return {}
+        pod = self.client("x", "x", "")["spec"]
+        return {"ca_file": "/etc/e2e/ca/ca.crt", "token_file": "/etc/e2e/token/token",
+                "volumes": pod["volumes"], "mounts": pod["containers"][0]["volumeMounts"]}  # fmt: skip
 
     def helm_args(self) -> list[str]:
         args = [self.release.name, str(self.chart), "--namespace", self.namespace]
@@ -172,6 +196,9 @@ def installed(
             assert context.allowed_namespace, f"{env.name}: the policy names no namespace a client could call from"
         for namespace in {context.allowed_namespace, OUTSIDER}:
             restricted_namespace(real_kube, namespace)
+        context.secured = platform_objects(
+            real_kube, context, tmp_path_factory.mktemp(f"pki-{env.name}-{release.model}")
+        )
         real_kube.helm("install", *context.helm_args(), "--wait", "--timeout", "5m")
         service = real_kube.json(
             "get", "service", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={release.name}"
@@ -188,6 +215,45 @@ def installed(
                 real_kube.kubectl(
                     "delete", "pv", f"{env.namespace}-{release.model}-{claim}", "--timeout=60s", check=False
                 )
+
+
+def platform_objects(kube: Kube, installed: Installed, scratch: Path) -> bool:
+    """What the platform provides a secured environment (staging, prod), made the way it would be: the server's
+    certificate from a CA of the test's own, the callers' tokens, the API server's keys; and what each caller
+    holds (the CA, a token) in the namespace clients call from. False when the release asks for none."""
+    merged = installed.values
+    tls, auth = merged["tls"], merged["auth"]
+    if not (tls["enabled"] or auth["existingSecret"]):
+        return False
+    assert tls["enabled"], "staging and prod turn TLS and tokens on together"
+    assert auth["existingSecret"], "staging and prod turn TLS and tokens on together"
+    ca = CA(scratch)
+    service = f"{installed.release.name}"  # the release's Service is <release> when its name holds the chart's
+    names = [f"{service}.{installed.namespace}.svc.cluster.local", f"{service}.{installed.namespace}.svc"]
+    pair = ca.issue("server", hosts=(*names, service, f"{service}.{installed.namespace}"))
+    token = tokens.new_token()
+    served = {"tls.crt": pair.cert.read_text(), "tls.key": pair.key.read_text(), "ca.crt": ca.cert.read_text()}
+    caller = {auth["key"]: tokens.line_for("e2e-client", token, "*") + "\n"}
+    objects = [
+        security_secret(tls["existingSecret"], installed.namespace, "kubernetes.io/tls", served),
+        security_secret(auth["existingSecret"], installed.namespace, "Opaque", caller),
+        {"apiVersion": "v1", "kind": "ConfigMap", "data": {"ca.crt": ca.cert.read_text()},
+         "metadata": {"name": "e2e-ca", "namespace": installed.allowed_namespace}},
+        security_secret("e2e-token", installed.allowed_namespace, "Opaque", {"token": token}),
+    ]  # fmt: skip
+    if auth["jwks"]["configMap"]:
+        jwks = kube.kubectl("get", "--raw", "/openid/v1/jwks")
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": auth["jwks"]["configMap"], "namespace": installed.namespace},
+                        "data": {auth["jwks"]["key"]: jwks}})  # fmt: skip
+    kube.apply(objects)
+    return True
+
+
+def security_secret(name: str, namespace: str, kind: str, data: dict[str, str]) -> dict:
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+    return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": {"name": name, "namespace": namespace},
+            "data": encoded}  # fmt: skip
 
 
 def test_pods_run_the_image_and_pass_the_real_readiness_probe(real_kube: Kube, installed: Installed):
@@ -223,19 +289,21 @@ def test_helm_test_passes_under_the_environment_network_policy(real_kube: Kube, 
 def _smoke_script(installed: Installed) -> str:
     """The image's smoke check against the Service by DNS name, compared with the artifact the release serves."""
     argv = ["--url", installed.url, "--expect-from", installed.artifact]
+    if installed.secured:
+        argv += ["--ca-file", "/etc/e2e/ca/ca.crt", "--token-file", "/etc/e2e/token/token"]
     run = f"wait_reachable({installed.url!r})\nsys.exit(smoke.main({argv!r}))\n"
     return REACHABLE + "import sys\nfrom model_server import smoke\n" + run
 
 
 def test_a_prediction_through_the_service_by_dns_name_matches_the_model(real_kube: Kube, installed: Installed):
-    pod = client_pod("predict", installed.allowed_namespace, installed.image, _smoke_script(installed))
+    pod = installed.client("predict", installed.allowed_namespace, _smoke_script(installed))
     phase, logs = run_client(real_kube, pod)
     assert phase == "Succeeded", logs
     assert logs.strip().splitlines()[-1].startswith("ok: "), logs
 
 
 PROBE = """
-import errno, json, socket, time, urllib.error, urllib.request
+import errno, json, os, socket, ssl, time, urllib.error, urllib.request
 # 15 s of attempts: one answer is a leak (a refusal can never be a late policy sync: new pods are refused
 # until the controller admits them, never admitted until it refuses them).
 def kind(exc):
@@ -250,7 +318,8 @@ def kind(exc):
 reached, outcomes, deadline = False, [], time.monotonic() + 15
 while time.monotonic() < deadline and not reached:
     try:
-        with urllib.request.urlopen({url!r} + "/v2/health/ready", timeout=3) as response:
+        tls = ssl.create_default_context(cafile=os.environ["E2E_CA"]) if os.environ.get("E2E_CA") else None
+        with urllib.request.urlopen({url!r} + "/v2/health/ready", timeout=3, context=tls) as response:
             reached = True
             outcomes.append(response.status)
     except Exception as exc:
@@ -261,7 +330,7 @@ print(json.dumps({{"reached": reached, "outcomes": outcomes}}))
 
 
 def _probe(kube: Kube, installed: Installed, name: str, namespace: str) -> dict:
-    phase, logs = run_client(kube, client_pod(name, namespace, installed.image, PROBE.format(url=installed.url)))
+    phase, logs = run_client(kube, installed.client(name, namespace, PROBE.format(url=installed.url)))
     assert phase == "Succeeded", logs
     return json.loads(logs.strip().splitlines()[-1])
 
@@ -295,7 +364,7 @@ def hammer():
         time.sleep(pause)
         try:
             request = urllib.request.Request(url, headers={{"Connection": "close"}})
-            with urllib.request.urlopen(request, timeout=10) as r:
+            with urllib.request.urlopen(request, timeout=10, context=TLS if url.startswith("https") else None) as r:
                 r.read()
                 good = r.status == 200
         except Exception as exc:
@@ -316,7 +385,7 @@ print(json.dumps({{**counts, "errors": errors[:30]}}))
 def _hammer(kube: Kube, installed: Installed, name: str, seconds: int, workers: int, pause: float = 0) -> dict:
     """Start a client pod sending requests on a new connection each (``pause`` s apart per worker)."""
     script = REACHABLE + HAMMER.format(url=installed.url, seconds=seconds, workers=workers, pause=pause)
-    pod = client_pod(name, installed.allowed_namespace, installed.image, script)
+    pod = installed.client(name, installed.allowed_namespace, script)
     kube.kubectl("delete", "pod", name, "-n", installed.allowed_namespace, "--ignore-not-found", "--wait=true")
     kube.apply(pod)
     wait_for(
@@ -367,7 +436,13 @@ def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, i
     keep-alive connections through the Service for the whole rollout, and not one of them fails."""
     before = {p["metadata"]["name"] for p in pods(real_kube, installed)}
     client = start_stream(
-        real_kube, "rollout-client", installed.allowed_namespace, installed.image, installed.url, connections=4
+        real_kube,
+        "rollout-client",
+        installed.allowed_namespace,
+        installed.image,
+        installed.url,
+        connections=4,
+        **installed.stream_options(),
     )
     timeline = Timeline(real_kube, installed)
     timeline.start()
