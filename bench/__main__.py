@@ -67,6 +67,26 @@ def _ours(name: str, args: argparse.Namespace, model: Model, scratch: Path, extr
     )
 
 
+def _secured(args: argparse.Namespace, model: Model, scratch: Path) -> Server:
+    """Ours over TLS with authentication on: a CA of its own, a certificate for 127.0.0.1 and one caller's token."""
+    from model_server import tokens
+    from msops.pki import CA
+
+    pki = scratch / f"pki-{model.kind}"
+    ca = CA(pki)
+    pair = ca.issue("server", hosts=("127.0.0.1",))
+    token = tokens.new_token()
+    (pki / "tokens").write_text(tokens.line_for("bench", token, "*") + "\n")
+    settings = {
+        "MODEL_SERVER_TLS_CERT_FILE": str(pair.cert),
+        "MODEL_SERVER_TLS_KEY_FILE": str(pair.key),
+        "MODEL_SERVER_AUTH_TOKENS_FILE": str(pki / "tokens"),
+    }
+    server = _ours("ours-tls", args, model, scratch, settings)
+    server.tls_ca, server.token = ca.cert, token
+    return server
+
+
 @dataclass(frozen=True)
 class Model:
     kind: str
@@ -85,6 +105,8 @@ def servers(args: argparse.Namespace, model: Model, scratch: Path) -> list[Serve
         "ours-no-keepalive": _ours("ours-no-keepalive", args, model, scratch, {"MODEL_SERVER_KEEPALIVE": "0"}),
         # Drift accounting off: what counting every row into the drift window costs.
         "ours-no-drift": _ours("ours-no-drift", args, model, scratch, {"MODEL_SERVER_DRIFT_WINDOW": "0"}),
+        # TLS and a bearer token on every request (keep-alive): what data security costs per request.
+        "ours-tls": _secured(args, model, scratch),
         "naive": Server(
             "naive",
             [python, "-m", "gunicorn", "--workers", str(args.workers), "--worker-class", "sync", "bench.naive:app"],
@@ -210,6 +232,13 @@ def costs(
             )
         if kind in models:
             lines += drift_costs(results, models[kind], prefix, args)
+        for shape in (f"{prefix}v1-1", f"{prefix}v2-1"):
+            plain, secured = _cpu(results, shape, "ours"), _cpu(results, shape, "ours-tls")
+            if plain and secured:
+                lines.append(
+                    f"- {shape}: TLS and a bearer token (keep-alive) cost {secured:.0f} µs of server CPU per request "
+                    f"against {plain:.0f} µs in plaintext: {(secured - plain) / plain:+.1%} (target: under +15%)"
+                )
     return ["", *lines] if lines else []
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -115,9 +116,9 @@ def _penguin_body(protocol: str, rows: int, columnar_v1: bool) -> bytes:
     return json.dumps({"parameters": {"content_type": "pd"}, "inputs": inputs}).encode()
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - http on loopback only
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback only
             status: int = response.status  # urlopen's answer is untyped
             return status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -135,6 +136,8 @@ class Server:
     model: str = "diabetes"  # the name it serves the model under
     kind: str = "linear"  # which bodies it is sent (see body())
     columnar_v1: bool = False  # V1 DataFrames as column lists (KServe's format)
+    tls_ca: Path | None = None  # https, verified with this CA (ours-tls)
+    token: str | None = None  # a bearer token every request carries (ours-tls)
     process: subprocess.Popen[bytes] | None = None
     cold_start: float = float("nan")
     rss: list[float] = field(default_factory=list)  # MiB per process, read before it is stopped
@@ -142,7 +145,14 @@ class Server:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
+
+    def headers(self) -> dict[str, str]:
+        """What every request to this server carries beside its body."""
+        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else None
 
     @property
     def popen(self) -> subprocess.Popen[bytes]:
@@ -182,16 +192,14 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
-            if until == "live" and _answers(f"{self.base}/v2/health/live"):
+            if until == "live" and _answers(f"{self.base}/v2/health/live", self.tls_context()):
                 self.cold_start = time.perf_counter() - started
                 return
             try:
-                request = urllib.request.Request(  # noqa: S310 - http on loopback only
-                    self.url(protocol),
-                    data=body(protocol, 1, self.kind, self.columnar_v1),
-                    headers={"Content-Type": "application/json"},
+                request = urllib.request.Request(  # noqa: S310 - loopback only
+                    self.url(protocol), data=body(protocol, 1, self.kind, self.columnar_v1), headers=self.headers()
                 )
-                with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - http on loopback only
+                with urllib.request.urlopen(request, timeout=2, context=self.tls_context()) as response:  # noqa: S310
                     if response.status == 200:
                         self.cold_start = time.perf_counter() - started
                         return
@@ -256,14 +264,25 @@ def _find(pattern: str, out: str) -> str:
 
 
 def wrk_script(
-    scratch: Path, protocol: str, rows: int, delay_ms: float = 0.0, kind: str = "linear", columnar_v1: bool = False
+    scratch: Path,
+    protocol: str,
+    rows: int,
+    delay_ms: float = 0.0,
+    kind: str = "linear",
+    columnar_v1: bool = False,
+    token: str | None = None,
 ) -> Path:
-    """A wrk Lua script POSTing the body; with delay_ms, each connection pauses that long between requests."""
-    script = scratch / f"{kind}-{protocol}-{rows}-{delay_ms:g}{'-columnar' if columnar_v1 else ''}.lua"
+    """A wrk Lua script POSTing the body (with a bearer token when given); with delay_ms, each connection
+    pauses that long between requests."""
+    script = scratch / (
+        f"{kind}-{protocol}-{rows}-{delay_ms:g}{'-columnar' if columnar_v1 else ''}{'-token' if token else ''}.lua"
+    )
     if not script.exists():
         payload = body(protocol, rows, kind, columnar_v1).decode()
         pause = f"function delay()\n  return {delay_ms:g}\nend\n" if delay_ms else ""
         head = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        if token:
+            head += f'wrk.headers["Authorization"] = "Bearer {token}"\n'
         script.write_text(f"{head}wrk.body = [==[{payload}]==]\n{pause}")
     return script
 
@@ -280,7 +299,7 @@ def run_wrk(
     delay_ms: float = 0.0,
     workers: int = 2,
 ) -> Sample:
-    script = wrk_script(scratch, protocol, rows, delay_ms, server.kind, server.columnar_v1)
+    script = wrk_script(scratch, protocol, rows, delay_ms, server.kind, server.columnar_v1, server.token)
     before = server.cpu_ticks()
     wrk = subprocess.run(
         [

@@ -33,8 +33,8 @@ import pytest
 import yaml
 from model_server import tokens
 from msops import environments, node, render, values
+from msops.pki import CA
 
-from tests.certs import CA
 from tests.cluster.conftest import (
     REACHABLE,
     ROLLOUT_UPGRADE,

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from model_server import tokens
+from msops.pki import CA, Pair
 
-from tests.certs import CA, Pair
 from tests.cluster.conftest import Kube, client_pod, run_client, start_stream, stop_stream, wait_for
 from tests.kube import CHART
 

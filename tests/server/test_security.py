@@ -28,8 +28,7 @@ from model_server.security.identity import (
 )
 from model_server.security.tls import TlsError, check_files, context
 from model_server.transport.app import create_app
-
-from tests.certs import CA
+from msops.pki import CA
 
 from .conftest import ROWS, make_settings
 

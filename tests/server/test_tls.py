@@ -17,8 +17,7 @@ import pytest
 import requests
 from model_server import tokens
 from msops import local
-
-from tests.certs import CA, SecretDir, served_serial
+from msops.pki import CA, SecretDir, served_serial
 
 from .conftest import ROWS
 

@@ -1,5 +1,6 @@
-"""Certificates for the tests: a CA, the server's certificate for 127.0.0.1 (and a Service name), client
-certificates, written as PEM files. Made with cryptography, the library the server itself uses."""
+"""Certificates of our own, for the tests and the benchmark: a CA, server certificates for 127.0.0.1 or a
+Service's names, client certificates, as PEM files; a directory updated as kubelet updates a mounted Secret.
+Made with cryptography, the library the server itself uses."""
 
 from __future__ import annotations
 
