@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import batching
 
         return batching.main(argv[1:])
+    if argv[:1] == ["--revisions"]:
+        from bench import revisions
+
+        return revisions.main(argv[1:])
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--servers",

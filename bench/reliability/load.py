@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from msops import local
 
-from bench.harness import run_wrk
+from bench.harness import CLOCK_TICK, run_wrk
 from bench.reliability.lab import Lab, Result, capacity, metric, timed_get, timed_predict, worker_pids
 
 RSS_GROWTH_BOUND = 0.10
@@ -123,8 +123,10 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
 
     server = lab.server()
     run_wrk(server, "v1", 1, lab.scratch, seconds=2)  # warm every worker
-    unloaded = capacity(lab, server)
+    unloaded_sample = run_wrk(server, "v1", 1, lab.scratch, seconds=5)
+    unloaded = unloaded_sample.rps
     before = local.rss_mib(worker_pids(server))
+    ticks_before = sum(server.cpu_ticks().values())
     connections = 16 * 16
     wrk = subprocess.Popen(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(_status_script(lab.scratch)),
@@ -157,6 +159,7 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
         time.sleep(0.2)
     sampler.join(30)
     out, _ = wrk.communicate(timeout=seconds + 60)
+    cpu_s = (sum(server.cpu_ticks().values()) - ticks_before) / CLOCK_TICK
     after = local.rss_mib(worker_pids(server))
     counts = {int(k): int(v) for k, v in re.findall(r"^status (\d+) (\d+)$", out, re.MULTILINE)}
     socket_errors = re.search(r"Socket errors: (.*)", out)
@@ -168,6 +171,9 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
     p99_shed = _p99(shed_ms)
     goodput = counts.get(200, 0) / seconds
     share = goodput / unloaded
+    # What a shed costs: the run's server CPU less what its predictions cost at the unloaded rate, per shed.
+    served, shed_count = counts.get(200, 0), counts.get(503, 0)
+    per_shed_us = (cpu_s - served * unloaded_sample.cpu_us / 1e6) / shed_count * 1e6 if shed_count else float("nan")
     only_200_503 = set(counts) <= {200, 503} and set(statuses) <= {200, 503}
     return Result(
         "overload, 16x the benchmark's concurrency",
@@ -184,6 +190,8 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
             "unloaded maximum (16 connections) req/s": round(unloaded),
             "predictions served under 16x req/s": round(goodput),
             "goodput": f"{share:.0%} of the unloaded maximum (floor {GOODPUT_FLOOR:.0%})",
+            "server CPU per prediction, unloaded µs": round(unloaded_sample.cpu_us),
+            "server CPU per shed, estimated µs": round(per_shed_us),
             "answers by status": dict(sorted(counts.items())),
             "socket errors": socket_errors.group(1) if socket_errors else 0,
             "p50 / p99 of all answers ms": f"{percentiles.get('50')} / {percentiles.get('99')}",

@@ -303,6 +303,17 @@ def start_stream(kube: Kube, name: str, namespace: str, image: str, url: str, **
     return pod
 
 
+def wait_pods_gone(kube: Kube, namespace: str, names: set[str], timeout: float = 180) -> None:
+    """Until none of the pods ``names`` exists: a rollout ends when the old pods have drained and gone, not
+    when the new ones are ready (what `helm upgrade --wait` and a Deployment's status wait for)."""
+
+    def gone() -> bool:
+        items = kube.json("get", "pods", "-n", namespace)["items"]
+        return not names & {pod["metadata"]["name"] for pod in items}
+
+    wait_for(f"the old pods {sorted(names)} to finish", gone, timeout=timeout, interval=1)
+
+
 def stop_stream(kube: Kube, pod: dict, timeout: float = 60) -> dict:
     """Tell a streaming pod to stop (it finishes its requests in flight), then its report."""
     name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]

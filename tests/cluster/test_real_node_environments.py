@@ -46,6 +46,7 @@ from tests.cluster.conftest import (
     stop_stream,
     wait_client,
     wait_for,
+    wait_pods_gone,
 )
 from tests.kube import ROOT
 
@@ -448,6 +449,7 @@ def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, i
     timeline.start()
     real_kube.helm("upgrade", *installed.helm_args(), *ROLLOUT_UPGRADE)
     after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+    wait_pods_gone(real_kube, installed.namespace, before)
     time.sleep(3)  # a moment of traffic on the new pods alone, then the client's report
     result = stop_stream(real_kube, client)
     timeline.done.set()

@@ -34,6 +34,7 @@ from tests.cluster.conftest import (
     start_stream,
     stop_stream,
     wait_for,
+    wait_pods_gone,
 )
 from tests.cluster.test_gitops_flux import DECL, FLUX, Remote, condition, flux_status, reconcile_source
 from tests.kube import ROOT
@@ -192,6 +193,10 @@ def test_a_commit_changing_the_model_version_reaches_the_pods(real_kube: Kube, l
 
     # A client streams real predictions on keep-alive connections through the Service from before the
     # commit until the new version serves alone: the GitOps rollout must not fail one of them.
+    selector = f"app.kubernetes.io/instance={RELEASE.name},app.kubernetes.io/component!=test"
+    before = {
+        p["metadata"]["name"] for p in real_kube.json("get", "pods", "-n", ENV.namespace, "-l", selector)["items"]
+    }
     client = start_stream(real_kube, "flux-client", ENV.namespace, loop.image, service_url(real_kube), connections=4)
     tag = loop.next_image.rsplit(":", 1)[1]
     yaml_edit(remote, ENV_VALUES, {"image.tag": tag})
@@ -200,6 +205,7 @@ def test_a_commit_changing_the_model_version_reaches_the_pods(real_kube: Kube, l
     reconcile_source(real_kube, release)
     # Upgraded and tested, not remediated: a failed helm test would have rolled back to revision 1.
     assert settled(real_kube, "Flux to upgrade to model version 2", release) == ["superseded", "deployed"]
+    wait_pods_gone(real_kube, ENV.namespace, before)
     time.sleep(3)
     streamed = stop_stream(real_kube, client)
     print(f"flux client: {json.dumps({k: v for k, v in streamed.items() if k != 'failures'})}")

@@ -288,33 +288,21 @@ def test_certificate_and_token_rotate_through_secret_updates_under_keep_alive_lo
     # The token: add the new line, move the caller to it, remove the old line.
     lines = secured.lines
     kube.apply(callers_secret([lines[n] for n in ("scorer", "other", "prometheus", "stream-a", "stream-b")]))
-    check_b = f'print(json.dumps(call("/v1/models/{MODEL}:predict", "/etc/e2e/stream/b", body={V1!r})))\n'
-    both = secret_volume("stream", "stream-tokens-ab")
     kube.apply(secret("stream-tokens-ab", CALLERS, {"a": secured.tokens["stream-a"], "b": secured.tokens["stream-b"]}))
-    wait_for(
-        "the new token accepted",
-        lambda: (
-            run(secured, "token-b", check_b, [CA_MOUNT, (both, {"name": "stream", "mountPath": "/etc/e2e/stream"})])[0]
-            == 200
-        ),
-        timeout=180,
-        interval=5,
-    )
+
+    def answer_with(which: str) -> object:
+        """The status a prediction with stream token ``which`` (a or b) gets, from a pod of its own."""
+        script = f'print(json.dumps(call("/v1/models/{MODEL}:predict", "/etc/e2e/stream/{which}", body={V1!r})))\n'
+        tokens_mount = (secret_volume("stream", "stream-tokens-ab"), {"name": "stream", "mountPath": "/etc/e2e/stream"})
+        return run(secured, f"token-{which}", script, [CA_MOUNT, tokens_mount])[0]
+
+    wait_for("the new token accepted", lambda: answer_with("b") == 200, timeout=180, interval=5)
     kube.apply(secret("stream-token", CALLERS, {"token": secured.tokens["stream-b"]}))
     wait_for(
         "the client to call with the new token", lambda: caller_logged(secured, "stream-b"), timeout=180, interval=3
     )
     kube.apply(callers_secret([lines[n] for n in ("scorer", "other", "prometheus", "stream-b")]))
-    check_a = f'print(json.dumps(call("/v1/models/{MODEL}:predict", "/etc/e2e/stream/a", body={V1!r})))\n'
-    wait_for(
-        "the old token refused",
-        lambda: (
-            run(secured, "token-a", check_a, [CA_MOUNT, (both, {"name": "stream", "mountPath": "/etc/e2e/stream"})])[0]
-            == 401
-        ),
-        timeout=180,
-        interval=5,
-    )
+    wait_for("the old token refused", lambda: answer_with("a") == 401, timeout=180, interval=5)
     time.sleep(5)
     result = stop_stream(kube, stream)
     print(f"rotation client: {json.dumps({k: v for k, v in result.items() if k != 'failures'})}; "

@@ -8,9 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,7 @@ from model_server import tokens
 from msops import local
 from msops.pki import CA, SecretDir, served_serial
 
-from .conftest import ROWS
+from .conftest import ROWS, KeepAliveClients, wait_for
 
 pytestmark = pytest.mark.slow
 BODY = {"instances": ROWS[:1].tolist()}
@@ -108,56 +106,12 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_the_ca_signed(start_s
     assert 'model_server_tls_handshake_failures_total{reason="bad client certificate"} 1.0' in metrics
 
 
-class Stream:
-    """Keep-alive predictions from a few threads until stopped; each outcome counted."""
-
-    def __init__(self, url: str, verify: str, token: list[str] | None = None, threads: int = 3) -> None:
-        self.url, self.verify, self.token = url, verify, token
-        self.outcomes: Counter[str] = Counter()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
-
-    def run(self) -> None:
-        # verify per request: a Session's own verify loses to REQUESTS_CA_BUNDLE in the environment.
-        session = requests.Session()
-        while not self.stop.is_set():
-            headers = {"Authorization": f"Bearer {self.token[0]}"} if self.token else {}
-            try:
-                response = session.post(
-                    f"{self.url}/predict", json=BODY, headers=headers, verify=self.verify, timeout=10
-                )
-                self.outcomes[str(response.status_code)] += 1
-            except requests.RequestException as exc:
-                self.outcomes[f"{type(exc).__name__}: {str(exc)[-120:]}"] += 1
-                session = requests.Session()
-            time.sleep(0.005)
-
-    def __enter__(self) -> Stream:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(20)
-
-
-def wait_for(condition, what: str, timeout: float = 10.0) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
 def test_a_renewed_certificate_is_served_to_new_connections_while_open_ones_keep_predicting(
     start_server, artifact_dir, pki
 ):
     ca, first, secret, _ = pki
     server = start_server(tls_env(artifact_dir, secret), client={"verify": str(ca.cert)})
-    with Stream(server.url, str(ca.cert)) as stream:
+    with KeepAliveClients(server.url, 3, verify=str(ca.cert)) as stream:
         time.sleep(1)
         renewed = ca.issue("server", hosts=("127.0.0.1", "localhost"))
         secret.update({"tls.crt": renewed.cert.read_bytes(), "tls.key": renewed.key.read_bytes()})  # kubelet's swap
@@ -180,6 +134,12 @@ def test_a_renewed_certificate_is_served_to_new_connections_while_open_ones_keep
     assert "does not match the certificate" in logs
 
 
+def answered_with(server, token: str, verify: str) -> int:
+    """The status a prediction with ``token`` gets, on a new connection (any worker's)."""
+    headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    return requests.post(f"{server.url}/predict", json=BODY, headers=headers, verify=verify, timeout=5).status_code
+
+
 def test_a_token_is_rotated_with_no_failed_request_and_no_restart(start_server, artifact_dir, pki, tmp_path):
     ca, _, secret, _ = pki
     old, new, scraper = tokens.new_token(), tokens.new_token(), tokens.new_token()
@@ -199,41 +159,17 @@ def test_a_token_is_rotated_with_no_failed_request_and_no_restart(start_server, 
     server = start_server(env, client={"verify": str(ca.cert)})
     verify = str(ca.cert)
     current = [old]
-    with Stream(server.url, verify, token=current) as stream:
+    with KeepAliveClients(server.url, 3, verify=verify, token=current) as stream:
         time.sleep(1)
         secret_tokens.update({"tokens": f"{lines['old']}\n{lines['new']}\n{lines['metrics']}\n".encode()})
-        wait_for(
-            lambda: (
-                requests.post(
-                    f"{server.url}/predict",
-                    json=BODY,
-                    headers={"Authorization": f"Bearer {new}"},
-                    verify=verify,
-                    timeout=5,
-                ).status_code
-                == 200
-            ),
-            "the new token",
-        )
+        wait_for(lambda: answered_with(server, new, verify) == 200, "the new token")
         # Every worker reads the file within a second or two of the change (each checks at most once a second,
         # and at every heartbeat): the rotation's one wait. Then the caller moves to the new token...
         time.sleep(2)
         current[0] = new
         time.sleep(1)
         secret_tokens.update({"tokens": f"{lines['new']}\n{lines['metrics']}\n".encode()})  # ...and the old goes
-        wait_for(
-            lambda: (
-                requests.post(
-                    f"{server.url}/predict",
-                    json=BODY,
-                    headers={"Authorization": f"Bearer {old}"},
-                    verify=verify,
-                    timeout=5,
-                ).status_code
-                == 401
-            ),
-            "the old token refused",
-        )
+        wait_for(lambda: answered_with(server, old, verify) == 401, "the old token refused")
         time.sleep(1)
     assert set(stream.outcomes) == {"200"}, stream.outcomes
     # Prometheus-style scrapes of the health port: with the metrics token, and without.

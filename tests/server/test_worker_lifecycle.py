@@ -11,13 +11,12 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 import requests
 from msops import local
 
-from .conftest import ROWS
+from .conftest import ROWS, KeepAliveClients, wait_for
 
 TRIALS = 20
 BODY = {"instances": ROWS[:1].tolist()}
@@ -25,44 +24,6 @@ BODY = {"instances": ROWS[:1].tolist()}
 
 def workers(server) -> set[int]:
     return set(local.children(server.process.pid))
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.02)
-
-
-class KeepAliveClients:
-    """Threads predicting on keep-alive connections until stopped; every outcome counted."""
-
-    def __init__(self, url: str, clients: int = 4) -> None:
-        self.url = url
-        self.outcomes: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def _run(self) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            try:
-                response = session.post(f"{self.url}/predict", json=BODY, timeout=10)
-                self.outcomes["200" if response.status_code == 200 else f"status {response.status_code}"] += 1
-            except requests.RequestException as exc:
-                self.outcomes[f"failed: {type(exc).__name__}"] += 1
-                session = requests.Session()
-
-    def __enter__(self) -> KeepAliveClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(20)
 
 
 def fresh_predictions(url: str, count: int = 5) -> list[str]:
