@@ -238,10 +238,15 @@ def platform_objects(kube: Kube, installed: Installed, scratch: Path) -> bool:
     objects = [
         security_secret(tls["existingSecret"], installed.namespace, "kubernetes.io/tls", served),
         security_secret(auth["existingSecret"], installed.namespace, "Opaque", caller),
-        {"apiVersion": "v1", "kind": "ConfigMap", "data": {"ca.crt": ca.cert.read_text()},
-         "metadata": {"name": "e2e-ca", "namespace": installed.allowed_namespace}},
-        security_secret("e2e-token", installed.allowed_namespace, "Opaque", {"token": token}),
     ]  # fmt: skip
+    # What every caller holds, in each namespace clients call from (the outsider's too: its refusal must be
+    # the NetworkPolicy's, not a missing credential's).
+    for namespace in (installed.allowed_namespace, OUTSIDER):
+        objects += [
+            {"apiVersion": "v1", "kind": "ConfigMap", "data": {"ca.crt": ca.cert.read_text()},
+             "metadata": {"name": "e2e-ca", "namespace": namespace}},
+            security_secret("e2e-token", namespace, "Opaque", {"token": token}),
+        ]  # fmt: skip
     if auth["jwks"]["configMap"]:
         jwks = kube.kubectl("get", "--raw", "/openid/v1/jwks")
         objects.append({"apiVersion": "v1", "kind": "ConfigMap",

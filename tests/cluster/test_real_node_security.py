@@ -107,7 +107,7 @@ def secured(real_kube: Kube, node_image: str, tmp_path_factory: pytest.TempPathF
     args = [
         RELEASE, str(CHART), "--namespace", NAMESPACE,
         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.digest=",
-        "--set", "image.pullPolicy=Never", "--set", "resources.requests.cpu=250m",
+        "--set", "image.pullPolicy=Never", "--set", "resources.requests.cpu=250m", "--set", "service.port=443",
         "--set", "tls.enabled=true", "--set", "tls.existingSecret=model-server-tls",
         "--set", "auth.existingSecret=model-server-callers", "--set", "auth.jwks.configMap=kube-jwks",
         "--set", f"auth.serviceAccounts[0].namespace={CALLERS}", "--set", "auth.serviceAccounts[0].name=scorer",
