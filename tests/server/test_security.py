@@ -466,3 +466,50 @@ def test_several_tokens_files_read_as_one_and_a_caller_in_two_is_refused(tmp_pat
     write_tokens(tmp_path / "again", ("scorer", "*"))
     with pytest.raises(ConfigError, match=r"id 'scorer' is in both .*operator and .*again"):
         TokenTable.read_all([str(tmp_path / "operator"), str(tmp_path / "again")])
+
+
+def test_keys_fetched_from_a_url_with_the_pods_token_and_refetched_for_an_unknown_key(tmp_path, issuer):
+    """The API server's JWKS over HTTPS (auth.jwks.url): fetched at start with the server's own token and
+    the cluster CA, refetched when a token names a key it lacks (the API server rotated its keys)."""
+    import http.server
+    import ssl
+    import threading
+
+    ca = CA(tmp_path / "pki")
+    pair = ca.issue("apiserver", hosts=("127.0.0.1",))
+    published = {"jwks": issuer.jwks(), "seen": []}
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            published["seen"].append(self.headers.get("Authorization"))
+            body = json.dumps(published["jwks"]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Keys)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "token").write_text("pod-token\n")
+        url = f"https://127.0.0.1:{server.server_address[1]}/openid/v1/jwks"
+        keys = JwksSource(url=url, ca_file=str(ca.cert), token_file=str(tmp_path / "token"), min_refetch_s=0)
+        accounts = ServiceAccountTokens(parse_service_accounts("team-a/scorer=diabetes"), keys, ISSUER, "model-server")
+        assert accounts.caller(issuer.token("team-a", "scorer"))[0] is not None
+        assert published["seen"] == ["Bearer pod-token"]
+        rotated = Issuer(kid="key-2")
+        published["jwks"] = {"keys": issuer.jwks()["keys"] + rotated.jwks()["keys"]}
+        caller, why, _ = accounts.caller(rotated.token("team-a", "scorer"))
+        assert (caller is not None, why) == (True, "")
+        assert len(published["seen"]) == 2
+        # A server whose certificate the CA did not sign is not trusted for keys.
+        with pytest.raises(ConfigError, match="could not be fetched"):
+            JwksSource(url=url, ca_file=str(CA(tmp_path / "other").cert))
+    finally:
+        server.shutdown()
