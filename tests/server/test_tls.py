@@ -118,6 +118,9 @@ def test_a_renewed_certificate_is_served_to_new_connections_while_open_ones_keep
         seen = wait_for(
             lambda: served_serial("127.0.0.1", server.port, ca.cert) == renewed.serial, "the renewed certificate"
         )
+        # That was one worker; each looks at the files on its own heartbeat. A worker that never saw the
+        # renewal before the bad update below would rightly keep the first certificate.
+        wait_for(lambda: reloads(server, renewed.serial) == 2, "both workers serving the renewed certificate", 10)
         # A bad update (a key that does not match) keeps the certificate being served.
         stray = ca.issue("stray", hosts=("127.0.0.1",))
         secret.update({"tls.crt": renewed.cert.read_bytes(), "tls.key": stray.key.read_bytes()})
@@ -132,6 +135,13 @@ def test_a_renewed_certificate_is_served_to_new_connections_while_open_ones_keep
     assert "TLS certificate reloaded" in logs
     assert "serving the previous certificate" in logs
     assert "does not match the certificate" in logs
+
+
+def reloads(server, serial: int) -> int:
+    """How many workers logged that they now serve the certificate with this serial."""
+    return sum(
+        "TLS certificate reloaded" in line and f'"serial":"{serial:x}"' in line for line in server.logs().splitlines()
+    )
 
 
 def answered_with(server, token: str, verify: str) -> int:
