@@ -62,6 +62,12 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
+def server_env(model_dir: Path | str, **settings: object) -> dict[str, str]:
+    """The environment of a server for ``model_dir``: ``server_env(d, workers=2)`` sets MODEL_SERVER_WORKERS=2."""
+    env = {f"MODEL_SERVER_{name.upper()}": str(value) for name, value in settings.items()}
+    return {"MODEL_SERVER_MODEL_DIR": str(model_dir), **env}
+
+
 class Server:
     """A gunicorn process running the image's own gunicorn.conf.py on 127.0.0.1. With TLS settings in ``env``
     its URL is https and ``client`` holds what requests should send to reach it (verify, cert)."""

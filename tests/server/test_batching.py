@@ -19,6 +19,8 @@ from model_server.core.columns import Batch
 from model_server.core.runner import ModelRunner
 from model_server.core.scheduler import Job, Scheduler, batching_pays
 
+from tests.conftest import server_env
+
 pytestmark = pytest.mark.slow
 
 COLUMNS = ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex"]
@@ -155,14 +157,7 @@ def test_a_bad_request_fails_alone_in_its_batch(start_server, tmp_path):
 
 
 def test_sigterm_answers_requests_still_waiting_for_company(start_server, forest_dir):
-    server = start_server(
-        {
-            "MODEL_SERVER_MODEL_DIR": forest_dir,
-            "MODEL_SERVER_MAX_BATCH_SIZE": "64",
-            "MODEL_SERVER_MAX_BATCH_DELAY_MS": "400",
-            "MODEL_SERVER_GRACEFUL_TIMEOUT": "10",
-        }
-    )
+    server = start_server(server_env(forest_dir, max_batch_size=64, max_batch_delay_ms=400, graceful_timeout=10))
     rows = random_rows(random.Random(3), 1)
     statuses: list[int] = []
 
@@ -206,14 +201,7 @@ def test_batching_is_decided_by_the_model_the_same_way_every_time(artifact_dir, 
 
 def test_a_request_alone_does_not_wait_for_company(start_server, forest_dir):
     """One client at a time with a 200 ms window: nothing would join it, so no request waits the window."""
-    server = start_server(
-        {
-            "MODEL_SERVER_MODEL_DIR": forest_dir,
-            "MODEL_SERVER_WORKERS": "1",
-            "MODEL_SERVER_MAX_BATCH_SIZE": "64",
-            "MODEL_SERVER_MAX_BATCH_DELAY_MS": "200",
-        }
-    )
+    server = start_server(server_env(forest_dir, workers=1, max_batch_size=64, max_batch_delay_ms=200))
     session = requests.Session()
     body = v2_body(random_rows(random.Random(3), 1), ["predict"])
     session.post(f"{server.url}/v2/models/forest/infer", json=body, timeout=10)

@@ -14,6 +14,8 @@ import requests
 from msops import local
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import server_env
+
 from .conftest import ROWS
 
 
@@ -179,13 +181,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 @pytest.mark.slow
 def test_sigterm_lets_in_flight_requests_finish_and_exits_zero(start_server, artifact_dir):
-    server = start_server(
-        {
-            "MODEL_SERVER_MODEL_DIR": str(artifact_dir),
-            "MODEL_SERVER_WORKERS": "2",
-            "MODEL_SERVER_GRACEFUL_TIMEOUT": "10",
-        }
-    )
+    server = start_server(server_env(artifact_dir, workers=2, graceful_timeout=10))
     body = json.dumps({"instances": ROWS.tolist()}).encode()
     # Two requests are in flight (half their body sent) when SIGTERM arrives.
     in_flight = [_send_partial_request(server.port, body) for _ in range(2)]

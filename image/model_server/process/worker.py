@@ -34,6 +34,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -156,21 +157,24 @@ class ModelServerWorker(GeventWorker):
     def run(self) -> None:
         # The app's fast path sheds and answers predictions straight from gunicorn's request head.
         self.fastpath = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
-        servers = []
+        servers: list[tuple[StreamServer, Any, Callable[..., None]]] = []
         for listener in self.sockets:
             listener.setblocking(True)
-            handle = self.handle_health if self._is_health(listener) else self.handle
+            # The address is read once, here: drain closes this process's listener while connections it
+            # accepted a moment before still wait for their first turn, and they must be served, not reset.
+            address = listener.getsockname()
+            handle = partial(self.handle_health if self._is_health(address) else self.handle, address)
             # spawn into a Group, not a Pool: accepting never stops; the cap is enforced per connection.
             # type: ignore: mypy cannot match Group.spawn's ParamSpec signature to the stub's spawn protocol.
             server = _Server(  # type: ignore[call-overload]
-                listener, handle=partial(handle, listener), spawn=self.connections.spawn
+                listener, handle=handle, spawn=self.connections.spawn
             )
             if self.cfg.workers > 1:
                 # gunicorn takes one connection per loop turn so workers share them evenly; a few keep
                 # a burst of new connections from waiting many busy turns in the backlog.
                 server.max_accept = _ACCEPT_PER_TURN
             server.start()
-            servers.append((server, listener))
+            servers.append((server, listener, handle))
         self._stopping = Event()
         while self.alive:
             self.notify()
@@ -183,10 +187,9 @@ class ModelServerWorker(GeventWorker):
             self._stopping.wait(_HEARTBEAT_S)
         self.drain(servers)
 
-    def _is_health(self, listener: Any) -> bool:
+    def _is_health(self, address: Any) -> bool:
         if not self.health_port:
             return False
-        address = listener.getsockname()
         return isinstance(address, tuple) and address[1] == self.health_port
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
@@ -194,7 +197,7 @@ class ModelServerWorker(GeventWorker):
         if self._stopping is not None:
             self._stopping.set()  # start draining now, not at the next heartbeat
 
-    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+    def handle(self, listener_name: Any, client: Any, addr: Any) -> None:
         client.setblocking(1)
         self.open_connections += 1
         try:
@@ -205,17 +208,17 @@ class ModelServerWorker(GeventWorker):
                     metrics.shed("connections").inc()
                     util.close(client)
                 else:
-                    self._over_capacity(listener, client, addr)
+                    self._over_capacity(listener_name, client, addr)
                 return
             if self.tls is not None:
                 client = self._handshake(client, self.tls.main_context(), self.header_timeout)
                 if client is None:
                     return
-            self._serve(listener, client, addr)
+            self._serve(listener_name, client, addr)
         finally:
             self.open_connections -= 1
 
-    def handle_health(self, listener: Any, client: Any, addr: Any) -> None:
+    def handle_health(self, listener_name: Any, client: Any, addr: Any) -> None:
         """A connection to the health listener: probes and /metrics only, under limits of its own."""
         client.setblocking(1)
         self.health_connections += 1
@@ -227,7 +230,7 @@ class ModelServerWorker(GeventWorker):
                 client = self._handshake(client, self.tls.health_context(), HEALTH_HEADER_TIMEOUT_S)
                 if client is None:
                     return
-            self._serve(listener, client, addr, health=True)
+            self._serve(listener_name, client, addr, health=True)
         finally:
             self.health_connections -= 1
 
@@ -249,9 +252,8 @@ class ModelServerWorker(GeventWorker):
         util.close(secured if secured is not None else client)
         return None
 
-    def _serve(self, listener: Any, client: Any, addr: Any, health: bool = False) -> None:
+    def _serve(self, listener_name: Any, client: Any, addr: Any, health: bool = False) -> None:
         parser = http.get_parser(self.cfg, client, addr)
-        listener_name = listener.getsockname()
         first = True
         linger = False
         try:
@@ -349,7 +351,7 @@ class ModelServerWorker(GeventWorker):
             fairness.next_turn()
         return answer
 
-    def _over_capacity(self, listener: Any, client: Any, addr: Any) -> None:
+    def _over_capacity(self, listener_name: Any, client: Any, addr: Any) -> None:
         """Past the cap: answer a probe or /metrics, refuse anything else quickly."""
         self.over_cap += 1
         try:
@@ -361,7 +363,7 @@ class ModelServerWorker(GeventWorker):
                 line = client.recv(1024, socket.MSG_PEEK)
             parts = line.split(b" ", 2)
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1].startswith(PROBE_PATHS):
-                self._serve(listener, client, addr)
+                self._serve(listener_name, client, addr)
                 return
             metrics.shed("connections").inc()
             self._reply(client, _OVER_CAPACITY)
@@ -378,17 +380,17 @@ class ModelServerWorker(GeventWorker):
 
     # ---- shutdown ------------------------------------------------------------------------------------
 
-    def drain(self, servers: list[tuple[StreamServer, Any]]) -> None:
+    def drain(self, servers: list[tuple[StreamServer, Any, Callable[..., None]]]) -> None:
         """Stop taking connections without resetting any, then let every open connection finish."""
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
-        for server, listener in servers:
+        for server, listener, handle in servers:
             server.stop_accepting()
             if not master_holds(listener, self.ppid):
                 # The whole server is stopping: serve what completed its handshake already, then take the
                 # socket out of listening for every process that shares it, so a new connection is refused
                 # (the client tries elsewhere) instead of waiting in a backlog nobody reads. Another worker
                 # may have done it already.
-                self._accept_waiting(listener)
+                self._accept_waiting(listener, handle)
                 with contextlib.suppress(OSError):
                     listener.shutdown(socket.SHUT_RD)
             # Otherwise only this worker leaves: the master and the siblings keep the socket listening,
@@ -401,7 +403,7 @@ class ModelServerWorker(GeventWorker):
             self.log.warning("graceful timeout: closing %d connections", len(self.connections))
             self.connections.kill(timeout=1)
 
-    def _accept_waiting(self, listener: Any) -> None:
+    def _accept_waiting(self, listener: Any, handle: Callable[..., None]) -> None:
         """Serve the connections that completed their handshake but were not accepted yet."""
         listener.setblocking(False)
         while True:
@@ -409,7 +411,7 @@ class ModelServerWorker(GeventWorker):
                 client, addr = listener.accept()
             except OSError:  # nothing waiting (EAGAIN), or the socket already stopped listening
                 return
-            self.connections.spawn(self.handle, listener, client, addr)
+            self.connections.spawn(handle, client, addr)
 
 
 def after_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
