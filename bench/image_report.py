@@ -40,6 +40,10 @@ def run(*args: str) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
+def image_exists(ref: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", ref], capture_output=True).returncode == 0
+
+
 def build_naive(base: str, tag: str) -> None:
     dockerfile = str(ROOT / "bench" / "naive.Dockerfile")
     subprocess.run(
@@ -147,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="localhost/model-server-base:bookworm-2", help="base for the naive image")
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args(argv)
+    wanted = [("--image", args.image)] + ([] if args.skip_naive else [("--base", args.base)])
+    missing = [f"{flag} {ref}" for flag, ref in wanted if not image_exists(ref)]
+    if missing:
+        listed = ", ".join(missing)
+        parser.error(f"no such image in podman's store: {listed} (scripts/build-image builds both defaults)")
     images = {"shipped (image/Dockerfile)": args.image}
     if not args.skip_naive:
         build_naive(args.base, "localhost/model-server-naive:report")
