@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (390 MB measured, 2026-12-04).
 BUDGET_MB = 395
 BUDGET_COLD_START_S = 3.0
+DEFAULT_IMAGE = "localhost/model-server:dev"  # what scripts/build-image tags
 
 
 def run(*args: str) -> str:
@@ -147,10 +148,13 @@ def describe(image: str) -> ImageFigures:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="image-report", description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="localhost/model-server:dev", help="the shipped image (scripts/build-image)")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="the shipped image (scripts/build-image)")
     parser.add_argument("--base", default="localhost/model-server-base:bookworm-2", help="base for the naive image")
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args(argv)
+    if args.image == DEFAULT_IMAGE and not image_exists(DEFAULT_IMAGE):
+        # The report is of this checkout's image: built first (with its base) when it is missing.
+        subprocess.run([str(ROOT / "scripts" / "build-image")], check=True, stdout=sys.stderr)
     wanted = [("--image", args.image)] + ([] if args.skip_naive else [("--base", args.base)])
     missing = [f"{flag} {ref}" for flag, ref in wanted if not image_exists(ref)]
     if missing:

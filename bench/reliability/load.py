@@ -12,7 +12,7 @@ import requests
 from msops import local
 
 from bench.harness import CLOCK_TICK, run_wrk
-from bench.reliability.lab import Lab, Result, capacity, metric, timed_get, timed_predict, worker_pids
+from bench.reliability.lab import Lab, Result, capacity, metric, timed_get, timed_predict, warm_up, worker_pids
 
 RSS_GROWTH_BOUND = 0.10
 
@@ -20,7 +20,7 @@ RSS_GROWTH_BOUND = 0.10
 def sustained(lab: Lab, seconds: int = 60) -> Result:
     """About 80 % of measured capacity, paced by wrk's per-connection delay; zero errors, bounded RSS."""
     server = lab.server()
-    run_wrk(server, "v1", 1, lab.scratch, seconds=3)  # warm every worker before measuring anything
+    warm_up(lab, server)
     full = capacity(lab, server)
     before = local.rss_mib(worker_pids(server))
     connections = 16
@@ -63,9 +63,7 @@ SHED_SHARE_BOUND_3X = 0.005  # of the requests at 3x, shed while one worker hold
 def overload(lab: Lab, seconds: int = 20) -> Result:
     """Three times the connections capacity needs, then recovery to full speed."""
     server = lab.server()
-    # Warm every worker first: a fresh worker's first seconds run at about half speed (4333 req/s, then 8317
-    # after the overload, in one run), and a baseline taken cold would let a server that did not recover pass.
-    run_wrk(server, "v1", 1, lab.scratch, seconds=3)
+    warm_up(lab, server)  # a cold baseline would let a server that did not recover pass
     baseline = capacity(lab, server)
     shed_before = metric(server, "model_server_shed_requests_total")
     # 16 keep-alive connections saturate 2 workers; 3x that, each sending as fast as answered,
@@ -129,7 +127,7 @@ def overload_16x(lab: Lab, seconds: int = 15) -> Result:
     import subprocess
 
     server = lab.server()
-    run_wrk(server, "v1", 1, lab.scratch, seconds=2)  # warm every worker
+    warm_up(lab, server, seconds=2)
     unloaded_sample = run_wrk(server, "v1", 1, lab.scratch, seconds=5)
     unloaded = unloaded_sample.rps
     before = local.rss_mib(worker_pids(server))

@@ -34,7 +34,6 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -157,7 +156,7 @@ class ModelServerWorker(GeventWorker):
     def run(self) -> None:
         # The app's fast path sheds and answers predictions straight from gunicorn's request head.
         self.fastpath = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
-        servers: list[tuple[StreamServer, Any, Callable[..., None]]] = []
+        servers = []
         for listener in self.sockets:
             listener.setblocking(True)
             # The address is read once, here: drain closes this process's listener while connections it
@@ -174,7 +173,7 @@ class ModelServerWorker(GeventWorker):
                 # a burst of new connections from waiting many busy turns in the backlog.
                 server.max_accept = _ACCEPT_PER_TURN
             server.start()
-            servers.append((server, listener, handle))
+            servers.append((server, listener))
         self._stopping = Event()
         while self.alive:
             self.notify()
@@ -380,17 +379,17 @@ class ModelServerWorker(GeventWorker):
 
     # ---- shutdown ------------------------------------------------------------------------------------
 
-    def drain(self, servers: list[tuple[StreamServer, Any, Callable[..., None]]]) -> None:
+    def drain(self, servers: list[tuple[StreamServer, Any]]) -> None:
         """Stop taking connections without resetting any, then let every open connection finish."""
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
-        for server, listener, handle in servers:
+        for server, listener in servers:
             server.stop_accepting()
             if not master_holds(listener, self.ppid):
                 # The whole server is stopping: serve what completed its handshake already, then take the
                 # socket out of listening for every process that shares it, so a new connection is refused
                 # (the client tries elsewhere) instead of waiting in a backlog nobody reads. Another worker
                 # may have done it already.
-                self._accept_waiting(listener, handle)
+                self._accept_waiting(server, listener)
                 with contextlib.suppress(OSError):
                     listener.shutdown(socket.SHUT_RD)
             # Otherwise only this worker leaves: the master and the siblings keep the socket listening,
@@ -403,15 +402,16 @@ class ModelServerWorker(GeventWorker):
             self.log.warning("graceful timeout: closing %d connections", len(self.connections))
             self.connections.kill(timeout=1)
 
-    def _accept_waiting(self, listener: Any, handle: Callable[..., None]) -> None:
-        """Serve the connections that completed their handshake but were not accepted yet."""
+    def _accept_waiting(self, server: StreamServer, listener: Any) -> None:
+        """Serve the connections that completed their handshake but were not accepted yet, as ``server`` serves
+        the ones it accepts (its handler, in the connections group)."""
         listener.setblocking(False)
         while True:
             try:
                 client, addr = listener.accept()
             except OSError:  # nothing waiting (EAGAIN), or the socket already stopped listening
                 return
-            self.connections.spawn(handle, client, addr)
+            server.do_handle(client, addr)
 
 
 def after_request(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
