@@ -37,13 +37,20 @@ class Lab:
         self.servers: list[Server] = []
 
     def server(self, until: str = "prediction", **env: str) -> Server:
+        """A started server, returned once every one of its workers runs."""
+        env = {"MODEL_SERVER_WORKERS": "2", **env}
         port = local.free_port()
-        launch = local.model_server(
-            port, self.scratch / f"metrics-{port}", self.model_dir, **{"MODEL_SERVER_WORKERS": "2", **env}
-        )
+        launch = local.model_server(port, self.scratch / f"metrics-{port}", self.model_dir, **env)
         server = Server("ours", launch.command, launch.env, launch.cwd, port)
         self.servers.append(server)
         server.start(self.scratch, until)
+        # The first worker can answer before gunicorn has forked the next (it spawns them up to 0.1 s apart):
+        # a scenario that counted or measured its workers then would see one appear and call it a restart.
+        workers, deadline = int(env["MODEL_SERVER_WORKERS"]), time.monotonic() + 10
+        while len(worker_pids(server)) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{workers} workers expected, {len(worker_pids(server))} running after 10 s")
+            time.sleep(0.02)
         return server
 
     def close(self) -> None:
