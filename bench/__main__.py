@@ -39,6 +39,8 @@ MODELS: dict[str, tuple[str, TrainOptions]] = {
     "linear": ("diabetes", {}),
     "pipeline": ("penguins", {"demo": "penguins"}),
     "forest": ("penguins-forest", {"demo": "penguins", "estimator": "random-forest", "trees": 100}),
+    # README's own "bring your own model" shape: OrdinalEncoder + HistGradientBoosting on categorical codes
+    "hgb": ("penguins-hgb", {"demo": "penguins", "estimator": "hgb-pipeline", "trees": 100}),
 }
 SHAPES = {
     f"{kind + '-' if kind != 'linear' else ''}{protocol}-{rows}": (kind, protocol, rows)

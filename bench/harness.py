@@ -47,6 +47,10 @@ def choose(candidates: dict[str, Server], names: list[str]) -> list[Server]:
         server = candidates[name]
         server.port = free_port()
         server.env["PORT"] = str(server.port)
+        # One OpenMP thread per worker for every server, as ours sets for itself (gunicorn.conf.py): the naive
+        # app left at the default spent 907 ms of CPU per 1-row HistGradientBoosting request (2 sync workers
+        # on 2 cores, 2026-12-05), its threads spinning against each other: a setting, not a serving stack.
+        server.env.setdefault("OMP_NUM_THREADS", "1")
         if name == "naive":
             server.command += ["--bind", f"127.0.0.1:{server.port}"]
         elif name.startswith("kserve"):

@@ -99,7 +99,7 @@ def penguin_estimators(trees: int) -> dict[str, Callable[[], Any]]:
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
     def pipeline(classifier: Any) -> Any:
         prepare = ColumnTransformer(
@@ -120,6 +120,23 @@ def penguin_estimators(trees: int) -> dict[str, Callable[[], Any]]:
         # Native categorical support: the string columns arrive as pandas categories, no encoder.
         "hist-gradient-boosting": lambda: HistGradientBoostingClassifier(
             categorical_features="from_dtype", random_state=SEED
+        ),
+        # README's "bring your own model" shape: strings to codes, numbers as they are (gaps included), the
+        # codes split as categories.
+        "hgb-pipeline": lambda: make_pipeline(
+            ColumnTransformer(
+                [
+                    (
+                        "strings",
+                        OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan),
+                        PENGUIN_STRINGS,
+                    )
+                ],
+                remainder="passthrough",
+            ),
+            HistGradientBoostingClassifier(
+                max_iter=trees, categorical_features=list(range(len(PENGUIN_STRINGS))), random_state=SEED
+            ),
         ),
     }
 
@@ -195,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--estimator",
         help="diabetes: linear (default), ridge, random-forest; penguins: logistic (default), random-forest, "
-        "hist-gradient-boosting",
+        "hist-gradient-boosting, hgb-pipeline",
     )
-    parser.add_argument("--trees", type=int, default=100, help="trees in a random forest (default 100)")
+    parser.add_argument(
+        "--trees", type=int, default=100, help="trees in a random forest, iterations of hgb-pipeline (default 100)"
+    )
     parser.add_argument("--name", type=package.valid_name, help="model name served in URLs (default: the demo's)")
     parser.add_argument("--version", type=package.valid_name, default="1", help="model version string (default: 1)")
     parser.add_argument(

@@ -270,3 +270,17 @@ def test_compiled_paths_can_be_switched_off(penguins_dir):
         app = create_app(make_settings(penguins_dir, MODEL_SERVER_COMPILED=flag))
         runner = app.extensions["model_server"].served.runner
         assert runner.description.path.startswith(prefix)
+
+
+def test_forests_fitted_on_a_dataframe_take_the_compiled_path_and_answer_as_scikit_learn():
+    frame = X[["weight", "age"]].fillna(0)
+    for model, y in (
+        (RandomForestClassifier(n_estimators=20, random_state=1), Y_THREE),
+        (ExtraTreesRegressor(n_estimators=20, random_state=1), Y_REG),
+    ):
+        model.fit(frame, y)  # as users fit them: the estimator keeps the column names
+        runner, signature = runner_for(model, frame)
+        assert runner.description.path == f"compiled {type(model).__name__}"
+        rows = frame.sample(40, random_state=3)
+        for output, values in runner.run(batch_from(rows, signature), methods_of(runner)).items():
+            assert np.array_equal(values, getattr(model, output)(rows)), output

@@ -503,11 +503,15 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
             return _final_matrix(prepare.step(block_of(batch, signature)))
 
         return Plan(encode, {name: methods[name] for name in outputs}, path, final, prepare.origins)
-    if signature.frame or not signature.numeric:
-        raise NotCompilable("a bare estimator fitted on a DataFrame or on strings")
+    if not signature.numeric:
+        raise NotCompilable("a bare estimator fitted on strings")
     methods, path = final_methods(model)
     if not methods:
         raise NotCompilable(f"{type(model).__name__} is not rebuilt here")
+    if signature.frame and not set(outputs) <= set(methods):
+        # A model fitted on a DataFrame warns on every array it is given: its own methods keep the frame.
+        missing = sorted(set(outputs) - set(methods))
+        raise NotCompilable(f"{type(model).__name__} fitted on a DataFrame, with {missing} not rebuilt here")
     for name in outputs:
         methods.setdefault(name, getattr(model, name))
     return Plan(

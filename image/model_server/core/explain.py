@@ -8,27 +8,44 @@ summed back to the columns a client sent (a one-hot encoded column's pieces add 
   the mean of the model's input over the training sample when the artifact records it (else the
   model's input for the signature's typical row). Classifiers explain their decision value: the
   positive class's log-odds (binary) or the predicted class's score (multiclass).
-* **trees and forests** (DecisionTree, RandomForest, ExtraTrees; one output): Saabas' path
-  decomposition. Walking a row from the root to its leaf, each split moves the node value by
-  ``value(child) - value(parent)``, credited to the split's feature; the baseline is the root value
-  (the training mean). A forest averages its trees. Regressors explain ``predict``; classifiers the
-  probability of the positive class (binary) or of the predicted class (multiclass).
+* **tree ensembles** (DecisionTree, RandomForest, ExtraTrees, GradientBoosting, HistGradientBoosting):
+  exact Shapley values, path-dependent TreeSHAP as SHAP's TreeExplainer computes them (treeshap.py); the
+  baseline is the expected output over the training cover. Regressors explain ``predict``; forest and
+  tree classifiers the probability of the positive class (binary) or of the predicted class (multiclass);
+  gradient-boosted classifiers their decision value (log-odds, or the predicted class's raw score).
 
 Other estimators have no explanation here: requesting one is a 422 saying so. Each explainer
-checks its own additivity on probe rows when the model loads.
+checks its own additivity on probe rows when the model loads, and a tree explainer that the value it
+explains is scikit-learn's own.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import treeshap
+
 CONTRIBUTIONS, BASELINE = "contributions", "baseline"
 OUTPUTS = (CONTRIBUTIONS, BASELINE)
-SUPPORTED = "linear models (LinearRegression, Ridge, LogisticRegression, ...) and RandomForest/ExtraTrees/DecisionTree"
+# The estimator families explained here; a refusal names them only to a model outside them.
+FAMILIES = {
+    "linear models": ("LinearRegression", "Ridge", "Lasso", "ElasticNet", "LogisticRegression", "..."),
+    "tree ensembles": ("DecisionTree", "RandomForest", "ExtraTrees", "GradientBoosting", "HistGradientBoosting"),
+}
+SUPPORTED = " and ".join(f"{kind} ({', '.join(names)})" for kind, names in FAMILIES.items())
+
+
+def refusal(estimator: str, reason: str) -> str:
+    """Why ``estimator`` has no explanation: for a family explained here, only the reason (this model's
+    configuration is what is not covered); otherwise also which families are."""
+    if any(name in estimator for names in FAMILIES.values() for name in names if name != "..."):
+        return f"explanations are not available for this {estimator}: {reason}"
+    return f"explanations are not supported for this model ({reason}); they are for {SUPPORTED}"
 
 
 # final estimator input (rows, k) -> (contributions (rows, k), baseline (rows,), explained value (rows,))
@@ -46,6 +63,9 @@ class Explainer:
     decompose: Decompose
     origins: np.ndarray  # encoded column -> signature column
     columns: int
+    # scikit-learn's own value of what is explained: checked against the decomposition's at load
+    truth: Callable[[np.ndarray], np.ndarray] | None = None
+    handles_missing: bool = False  # trees route NaN as scikit-learn does; a linear model has no value for it
 
     def explain(self, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Contributions per signature column (rows, columns) and the baseline (rows,)."""
@@ -60,6 +80,12 @@ class Explainer:
     def check(self, matrix: np.ndarray) -> str | None:
         """None when baseline + contributions reproduce the explained value on ``matrix`` to 1e-6."""
         encoded, baseline, value = self.decompose(matrix)
+        if self.truth is not None and len(value):
+            with warnings.catch_warnings():  # a model fitted on a DataFrame warns that an array has no names
+                warnings.simplefilter("ignore", UserWarning)
+                off = float(np.max(np.abs(self.truth(matrix) - value)))
+            if not off <= 1e-6:
+                return f"the explained value differs from scikit-learn's by {off:.3g}"
         total = baseline + self.sum_back(encoded).sum(axis=1)
         worst = float(np.max(np.abs(total - value))) if len(value) else 0.0
         return None if worst <= 1e-6 else f"baseline + contributions misses the explained value by {worst:.3g}"
@@ -112,79 +138,112 @@ def linear(model: Any, reference: np.ndarray) -> tuple[str, Decompose]:
     return "predict", regression
 
 
-# ---- trees: Saabas -----------------------------------------------------------------------------------
+# ---- trees: exact TreeSHAP ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Tree:
-    tree: Any  # sklearn's Cython Tree
-    parent: np.ndarray
-    feature_of_parent: np.ndarray
-    values: np.ndarray  # (nodes, classes or 1)
-
-
-def _prepare(tree: Any, width: int) -> _Tree:
-    left, right = tree.children_left, tree.children_right
-    parent = np.full(tree.node_count, -1, dtype=np.intp)
-    for children in (left, right):
-        inner = np.flatnonzero(children >= 0)
-        parent[children[inner]] = inner
-    feature_of_parent = np.where(parent >= 0, tree.feature[np.maximum(parent, 0)], -1)
-    return _Tree(tree, parent, feature_of_parent, np.asarray(tree.value)[:, 0, :width])
-
-
-def trees(model: Any) -> tuple[str, Decompose]:
+def _tree_ensemble(model: Any) -> tuple[treeshap.Ensemble, Callable[[np.ndarray], np.ndarray], str]:
+    """The model's leaves, scikit-learn's own raw outputs for the load-time check, and what they are."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.ensemble import BaseEnsemble
     from sklearn.ensemble._forest import ForestClassifier, ForestRegressor
+    from sklearn.ensemble._gb import BaseGradientBoosting
+    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import BaseHistGradientBoosting
     from sklearn.tree import BaseDecisionTree
 
-    if isinstance(model, ForestClassifier | ForestRegressor):
-        estimators = model.estimators_
-    elif isinstance(model, BaseDecisionTree):
-        estimators = [model]
-    else:
-        raise NotExplainable(f"{type(model).__name__} is not a tree or a forest of them")
-    if model.n_outputs_ != 1:
-        raise NotExplainable(f"{type(model).__name__} has {model.n_outputs_} outputs")
+    name = type(model).__name__
     classifier = hasattr(model, "classes_")
-    width = len(model.classes_) if classifier else 1
-    prepared = [_prepare(estimator.tree_, width) for estimator in estimators]
-    count = len(prepared)
+    if isinstance(model, ForestClassifier | ForestRegressor | BaseDecisionTree):
+        if model.n_outputs_ != 1:
+            raise NotExplainable(f"{name} has {model.n_outputs_} outputs")
+        estimators = model.estimators_ if isinstance(model, BaseEnsemble) else [model]
+        width = len(model.classes_) if classifier else 1
+        truth = model.predict_proba if classifier else lambda m: np.asarray(model.predict(m)).reshape(-1, 1)
+        return treeshap.forest(estimators, classifier, width), truth, "predict_proba" if classifier else "predict"
+    if isinstance(model, BaseGradientBoosting):
+        if not (model.init_ == "zero" or isinstance(model.init_, DummyClassifier | DummyRegressor)):
+            raise NotExplainable(f"{name} with an init estimator: its initial prediction varies by row")
+        constant = np.asarray(model._raw_predict_init(np.zeros((1, model.n_features_in_))))[0]
+        ensemble = treeshap.gradient_boosting(model, constant)
+    elif isinstance(model, BaseHistGradientBoosting):
+        if not classifier and type(model._loss.link).__name__ != "IdentityLink":
+            raise NotExplainable(f"{name} with loss {model.loss!r}: its prediction is not the trees' sum")
+        ensemble = treeshap.hist_gradient_boosting(model)
+    else:
+        raise NotExplainable(f"{name} is not a tree ensemble explained here")
+    if classifier:
+
+        def scores(matrix: np.ndarray) -> np.ndarray:
+            return np.asarray(model.decision_function(matrix)).reshape(len(matrix), -1)
+
+        return ensemble, scores, "decision_function"
+    return ensemble, lambda m: np.asarray(model.predict(m)).reshape(-1, 1), "predict"
+
+
+def _own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
+    """HistGradientBoosting with categorical features encodes them itself before its trees (categories to
+    codes, categorical columns first): that step, and for each column it outputs, the input column."""
+    prepare = getattr(model, "_preprocessor", None)
+    if prepare is None:
+        return None
+    origins = np.zeros(model.n_features_in_, dtype=np.intp)
+    for name, _, columns in prepare.transformers_:
+        where = prepare.output_indices_.get(name, slice(0, 0))
+        picked = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns, dtype=np.intp)
+        if where.stop > where.start:
+            origins[where] = picked
+
+    def encode(matrix: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():  # fitted on a DataFrame, given the same columns as an array
+            warnings.simplefilter("ignore", UserWarning)
+            return np.asarray(prepare.transform(matrix), dtype=np.float64)
+
+    return encode, origins
+
+
+def trees(model: Any) -> tuple[str, Decompose, Callable[[np.ndarray], np.ndarray]]:
+    """Exact Shapley values (treeshap.py) of the tree ensembles scikit-learn fits."""
+    try:
+        ensemble, truth, kind = _tree_ensemble(model)
+    except treeshap.TooLarge as exc:
+        raise NotExplainable(f"{type(model).__name__} is too large to explain exactly here: {exc}") from None
+    own_encoding = _own_encoding(model)
+    expected = ensemble.baseline()
+    outputs = expected.shape[0]
+    pick_predicted = outputs > 2 or (outputs == 2 and kind != "predict_proba")
+    # binary probabilities: the positive class; one raw output (regression, binary log-odds): that one
+    fixed = 1 if outputs == 2 else 0
+
+    def chosen(raw: np.ndarray) -> np.ndarray:
+        return np.argmax(raw, axis=1) if pick_predicted else np.full(len(raw), fixed)
 
     def decompose(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x32 = np.ascontiguousarray(matrix, dtype=np.float32)
-        rows = len(x32)
-        # The model's own answer (the mean of the leaves' values): the explained value, and for a
-        # multiclass model which class is explained.
-        leaf_mean = sum(p.values[p.tree.apply(x32)] for p in prepared) / count
-        if classifier:
-            explained = np.full(rows, 1) if width == 2 else np.argmax(leaf_mean, axis=1)
-        else:
-            explained = np.zeros(rows, dtype=np.intp)
-        contributions = np.zeros((rows, matrix.shape[1]))
-        baseline = np.zeros(rows)
-        for p in prepared:
-            path = p.tree.decision_path(x32)
-            row_of = np.repeat(np.arange(rows), np.diff(path.indptr))
-            nodes = path.indices
-            steps = p.parent[nodes] >= 0
-            row_of, nodes = row_of[steps], nodes[steps]
-            column = explained[row_of]
-            delta = p.values[nodes, column] - p.values[p.parent[nodes], column]
-            np.add.at(contributions, (row_of, p.feature_of_parent[nodes]), delta)
-            baseline += p.values[0, explained]
-        contributions /= count
-        baseline /= count
-        return contributions, baseline, leaf_mean[np.arange(rows), explained]
+        trees_input = matrix if own_encoding is None else own_encoding[0](matrix)
+        raw = ensemble.predict(trees_input)
+        output = chosen(raw)
+        contributions = ensemble.shapley(trees_input, matrix.shape[1], output)
+        if own_encoding is not None:  # back to the columns the model was given
+            contributions[:, own_encoding[1]] = contributions.copy()
+        return contributions, expected[output], raw[np.arange(len(raw)), output]
 
-    if classifier:
+    def model_value(matrix: np.ndarray) -> np.ndarray:
+        raw = truth(matrix)
+        picked: np.ndarray = raw[np.arange(len(raw)), chosen(raw)]
+        return picked
+
+    classes = getattr(model, "classes_", None)
+    if classes is None:
+        what = "predict"
+    elif kind == "predict_proba":
         what = (
-            f"predict_proba of class {_label(model.classes_[1])}"
-            if width == 2
-            else "predict_proba of the predicted class"
+            f"predict_proba of class {_label(classes[1])}" if outputs == 2 else "predict_proba of the predicted class"
         )
     else:
-        what = "predict"
-    return what, decompose
+        what = (
+            f"decision_function: the log-odds of class {_label(classes[1])}"
+            if outputs == 1
+            else "decision_function of the predicted class"
+        )
+    return what, decompose, model_value
 
 
 def explainer_for(final: Any, origins: np.ndarray, columns: int, reference: np.ndarray | None) -> Explainer:
@@ -192,9 +251,11 @@ def explainer_for(final: Any, origins: np.ndarray, columns: int, reference: np.n
     try:
         explains, decompose = linear(final, reference if reference is not None else np.zeros(len(origins)))
         method = "linear: coefficient × (x − training mean of the model's input)"
+        truth = None
     except NotExplainable:
-        explains, decompose = trees(final)
-        method = "Saabas path decomposition (tree by tree, averaged)"
+        explains, decompose, truth = trees(final)
+        method = "TreeSHAP: exact Shapley values, path-dependent (training cover)"
     except (ImportError, AttributeError) as exc:
         raise NotExplainable(str(exc)) from None
-    return Explainer(explains, method, decompose, np.asarray(origins, dtype=np.intp), columns)
+    origins = np.asarray(origins, dtype=np.intp)
+    return Explainer(explains, method, decompose, origins, columns, truth, handles_missing=truth is not None)

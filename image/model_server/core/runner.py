@@ -105,7 +105,10 @@ class ModelRunner:
         self._final: Any = None
         self._origins: np.ndarray | None = None
         path = f"model methods on a {self.codec.name}"
-        if isinstance(self.codec, codecs.MatrixCodec) and not hasattr(model, "steps"):
+        # A bare estimator on numbers: its input is the columns themselves, whether it was fitted on an array or
+        # on a DataFrame of numeric columns (the frame is only the names).
+        numeric_frame = isinstance(self.codec, codecs.FrameCodec) and signature.numeric
+        if (isinstance(self.codec, codecs.MatrixCodec) or numeric_frame) and not hasattr(model, "steps"):
             self._final, self._origins = model, np.arange(len(signature))
         is_matrix = isinstance(self.codec, codecs.MatrixCodec) and compiled_paths
         fast = linear_fast_predictor(model, len(signature)) if is_matrix else None
@@ -135,7 +138,9 @@ class ModelRunner:
         except explain.NotExplainable as exc:
             return str(exc)
         probe = np.asarray(self.encode(compiled.probe_batches(self.signature)[0]), dtype=np.float64)
-        problem = explainer.check(probe) if np.isfinite(probe).all() else "the probe rows hold missing values"
+        if not explainer.handles_missing:
+            probe = probe[np.isfinite(probe).all(axis=1)]
+        problem = explainer.check(probe) if len(probe) else "every probe row holds a missing value"
         if problem is not None:
             log.warning("explanations not served for this model: %s", problem)
             return problem
@@ -168,7 +173,7 @@ class ModelRunner:
         """Outputs a client may name that this model cannot give, with the reason."""
         if self.explainer is not None:
             return {}
-        reason = f"explanations are not supported for this model ({self.unexplained}); they are for {explain.SUPPORTED}"
+        reason = explain.refusal(type(self.final_estimator).__name__, self.unexplained)
         return dict.fromkeys(explain.OUTPUTS, reason)
 
     def _compile(self, path: str) -> str:
