@@ -311,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import revisions
 
         return revisions.main(argv[1:])
+    if argv[:1] == ["--drift-floor"]:
+        from bench import drift_floor
+
+        return drift_floor.main(argv[1:])
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--servers",

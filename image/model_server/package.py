@@ -1,7 +1,7 @@
 """Package a model you trained yourself into a servable artifact (skops + metadata schema 2).
 
     python -m model_server.package MODEL --name N --version V --sample DATA.csv --output DIR
-                                   [--target COLUMN] [--trust-pickle] [--trust-type TYPE ...]
+                                   [--target COLUMN] [--reference DATA] [--trust-pickle] [--trust-type TYPE ...]
 
 MODEL is a ``.skops`` file, or a joblib/pickle file (``.joblib``, ``.pkl``, ``.pickle``) that is
 read only with ``--trust-pickle`` (unpickling runs code) and converted: the artifact is always
@@ -9,7 +9,9 @@ skops. The CSV sample (a header row and a few dozen training rows; ``--target`` 
 drop) gives the signature: columns in the model's order, a datatype per column (FP64, INT64, BOOL,
 BYTES), whether it may be null, the categories seen in string columns, a typical value. The model
 must then predict on the whole sample through the same codecs the server uses, or nothing is
-written. The output directory is replaced atomically.
+written. ``--reference`` (a larger training extract) gives the drift bins; without it the sample does, and
+a sample too small for deciles gets coarser bins and a warning saying what PSI noise to expect. The output
+directory is replaced atomically.
 """
 
 from __future__ import annotations
@@ -141,10 +143,14 @@ def describe(
     training_data: dict[str, Any],
     labels: Any = None,
     metrics: dict[str, Any] | None = None,
+    drift_data: Any = None,
 ) -> dict[str, Any]:
     """Schema-2 metadata for ``model``, proved on ``sample``: the server's runner must answer every
-    output on every sample row. With ``labels``, the sample's score is recorded. Raises PackageError."""
+    output on every sample row. With ``labels``, the sample's score is recorded; with ``drift_data`` (a larger
+    training extract), the drift bins come from it instead of the sample. Raises PackageError."""
     signature, sample = signature_of(model, sample)
+    if drift_data is not None:
+        signature = with_drift_reference(signature, drift_data)
     try:
         runner = ModelRunner(model, signature)
         answers = runner.run(batch_of(sample, signature), tuple(runner.outputs))
@@ -173,7 +179,60 @@ def describe(
         metadata["explanation"] = {"reference": reference}
     if metrics:
         metadata["metrics"] = metrics
+    metadata["drift_reference"] = drift_reference_summary(len(sample) if drift_data is None else len(drift_data))
     return metadata
+
+
+# ---- the drift reference ------------------------------------------------------------------------------
+
+
+def with_drift_reference(signature: Signature, frame: Any) -> Signature:
+    """The signature with each column's drift bins taken from ``frame`` (the sample still types them)."""
+    import pandas as pd
+
+    absent = [c.name for c in signature.columns if c.name not in frame.columns]
+    if absent:
+        raise PackageError(f"the drift reference lacks the model's input column(s) {', '.join(absent)}")
+    if frame.empty:
+        raise PackageError("the drift reference has a header but no rows")
+    described = []
+    for column in signature.columns:
+        values = frame[column.name]
+        if column.datatype in (FP64, INT64):
+            numbers = pd.to_numeric(values, errors="coerce")
+            wrong = numbers.isna() & values.notna()
+            if wrong.any():
+                raise PackageError(
+                    f"drift reference column '{column.name}' holds {values[wrong].iloc[0]!r}, not a number "
+                    f"(the sample's '{column.name}' is {column.datatype})"
+                )
+            values = numbers
+        distribution = drift.reference_of(column, values.to_numpy(dtype=object))
+        described.append(dataclasses.replace(column, distribution=distribution))
+    return dataclasses.replace(signature, columns=tuple(described))
+
+
+def drift_reference_summary(rows: int) -> dict[str, Any]:
+    """What the drift bins rest on, and the PSI training-like traffic will read from sampling noise alone."""
+    bins = drift.bins_for(rows)
+    return {
+        "rows": rows,
+        "bins_per_column": bins,
+        "noise_floor": round(drift.noise_floor(bins, rows), 4),
+        "window_rows": drift.EXPECTED_WINDOW,
+    }
+
+
+def drift_warning(summary: dict[str, Any]) -> str | None:
+    """A line for the user when the reference is too small for deciles."""
+    enough = drift.rows_for_deciles()
+    if summary["rows"] >= enough:
+        return None
+    return (
+        f"the drift reference has {summary['rows']} rows: {summary['bins_per_column']} bins per column keep "
+        f"training-like traffic near {summary['noise_floor']:.3f} PSI at a {summary['window_rows']}-row window, "
+        f"coarser than deciles, which need {enough} rows or more (--reference TRAINING_EXTRACT.csv)"
+    )
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -242,6 +301,25 @@ def read_sample(path: Path, target: str | None) -> tuple[Any, Any]:
     return frame, labels
 
 
+def read_reference(path: Path) -> Any:
+    """A training extract for the drift bins: CSV, or Parquet when pyarrow is installed."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise PackageError(f"drift reference {path} does not exist")
+    if path.suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except ImportError:
+            raise PackageError(f"reading {path} needs pyarrow (pip install pyarrow), or give a CSV") from None
+        except (ValueError, OSError) as exc:
+            raise PackageError(f"{path} is not a readable Parquet file: {' '.join(str(exc).split())}") from None
+    try:
+        return pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise PackageError(f"{path} is not a readable CSV file: {' '.join(str(exc).split())}") from None
+
+
 def sample_metrics(predicted: np.ndarray | None, labels: Any, task: str, rows: int) -> dict[str, Any]:
     """A score on the sample when the target is known: accuracy or R² (not a held-out claim)."""
     metrics: dict[str, Any] = {"sample_rows": rows}
@@ -261,7 +339,11 @@ def package(args: argparse.Namespace) -> dict[str, Any]:
     trusted_extra = tuple(args.trust_type)
     model = read_model(args.model, trust_pickle=args.trust_pickle, trusted_types=trusted_extra)
     sample, labels = read_sample(args.sample, args.target)
+    reference = read_reference(args.reference) if args.reference is not None else None
     digest = hashlib.sha256(args.sample.read_bytes()).hexdigest()
+    training_data = {"source": args.sample.name, "sample_rows": len(sample), "fingerprint": f"sha256:{digest}"}
+    if args.reference is not None:
+        training_data["drift_reference"] = args.reference.name
     metadata = describe(
         model,
         sample,
@@ -269,7 +351,8 @@ def package(args: argparse.Namespace) -> dict[str, Any]:
         version=args.version,
         target=args.target,
         labels=labels,
-        training_data={"source": args.sample.name, "sample_rows": len(sample), "fingerprint": f"sha256:{digest}"},
+        training_data=training_data,
+        drift_data=reference,
     )
 
     def server_would_load(model_file: Path) -> None:
@@ -299,6 +382,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=Path, required=True, help="CSV with a header and a few dozen training rows")
     p.add_argument("--output", type=Path, required=True, help="artifact directory to write (replaced atomically)")
     p.add_argument("--target", help="sample column holding the label/target: dropped from the signature")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        metavar="DATA",
+        help="a larger training extract (CSV, or Parquet with pyarrow) the drift bins are taken from; "
+        f"{drift.rows_for_deciles()}+ rows give deciles (default: the sample)",
+    )
     p.add_argument("--trust-pickle", action="store_true", help="read a pickle (runs its code: only your own)")
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE", help="extra skops type to trust")
     return p
@@ -311,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     except PackageError as exc:
         print(f"package-model: {exc}", file=sys.stderr)
         return 1
+    warning = drift_warning(metadata["drift_reference"])
+    if warning:
+        print(f"package-model: warning: {warning}", file=sys.stderr)
     inputs = ", ".join(f"{c['name']} {c['datatype']}{'?' if c['nullable'] else ''}" for c in metadata["inputs"])
     outputs = ", ".join(o["name"] for o in metadata["outputs"])
     print(

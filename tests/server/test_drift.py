@@ -70,12 +70,53 @@ def test_no_score_until_the_window_holds_enough_rows_and_none_when_off(artifact_
 
 def test_string_columns_count_unseen_values_as_other_and_nulls_as_missing():
     column = Column("island", "BYTES", nullable=True, categories=("Biscoe", "Dream"))
-    reference = drift.reference_of(column, np.array(["Biscoe", "Dream", "Dream", np.nan], dtype=object))
+    values = np.array(["Biscoe", "Dream", "Dream", np.nan], dtype=object)
+    reference = drift.reference_of(column, values, bins=10)  # four rows would get two bins (see below)
     assert reference == {"categories": ["Dream", "Biscoe"], "proportions": [0.5, 0.25], "other": 0.0, "missing": 0.25}
     signature = Signature((Column("island", "BYTES", True, distribution=reference),))
     window = drift.Window(signature, size=4)
     window.observe(Batch(rows=3, columns={"island": np.array(["Atlantis", np.nan, "Dream"], dtype=object)}))
     assert window.counts.tolist() == [1, 0, 1, 1]  # Dream, Biscoe, other, missing
+
+
+def test_a_reference_gets_as_many_bins_as_its_size_keeps_quiet():
+    """Bins sized to the reference: PSI's noise floor on training-like traffic (bins - 1)(1/R + 1/W) stays
+    under 0.05 at the default 1000-row window; deciles from 220 rows."""
+    number = Column("x", "FP64")
+    rng = np.random.default_rng(1)
+    for rows, bins in ((50, 3), (100, 5), (219, 9), (220, 10), (5000, 10)):
+        assert drift.bins_for(rows) == bins
+        assert drift.noise_floor(bins, rows) < 0.05
+        reference = drift.reference_of(number, rng.normal(size=rows).astype(object))
+        assert len(reference["proportions"]) == bins
+    # the missing bin counts among them; a string column keeps its most frequent values, the rest is "other"
+    gaps = rng.normal(size=50).astype(object)
+    gaps[:5] = np.nan
+    assert len(drift.reference_of(number, gaps)["proportions"]) == 2
+    plans = np.array(["basic"] * 20 + ["plus"] * 15 + ["pro"] * 10 + ["family"] * 5, dtype=object)
+    reference = drift.reference_of(Column("plan", "BYTES"), plans)
+    assert reference["categories"] == ["basic", "plus"]
+    assert reference["other"] == pytest.approx(0.3)
+    assert drift.rows_for_deciles() == 220
+
+
+def test_a_fifty_row_reference_no_longer_reads_noise_as_drift():
+    """The simulation behind the sizing (scripts/bench --drift-floor), at test size: a 50-row reference and
+    1000-row windows of the same distribution, against the fixed deciles it had before."""
+    number = Column("x", "FP64")
+    rng = np.random.default_rng(2)
+
+    def mean_psi(bins: int | None) -> float:
+        scores = []
+        for _ in range(60):
+            reference = drift.reference_of(number, rng.normal(size=50).astype(object), bins=bins)
+            watched = drift._watched(Column("x", "FP64", distribution=reference))
+            counts = np.bincount(watched.bins(rng.normal(size=1000)), minlength=len(watched.reference))
+            scores.append(drift.psi(counts, watched.reference))
+        return float(np.mean(scores))
+
+    assert mean_psi(10) > 0.12  # deciles from 50 rows: the old noise floor
+    assert mean_psi(None) < 0.06
 
 
 def test_the_window_forgets_the_oldest_rows():

@@ -103,9 +103,8 @@ def test_a_pipeline_with_strings_and_gaps_is_packaged_and_served(penguins_like, 
     model, data = penguins_like
     model_path, sample = write(tmp_path, model, data)
     done = run(*args(model_path, sample, tmp_path / "out", "--target", "species"))
-    assert done.returncode == 0, done.stderr
+    metadata = packaged_metadata(done, tmp_path / "out")
     assert "inputs: island BYTES, bill_mm FP64?, sex BYTES?" in done.stdout
-    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert metadata["schema_version"] == 2
     assert metadata["task"] == "classification"
     assert metadata["classes"] == ["Adelie", "Gentoo"]
@@ -165,6 +164,21 @@ def existing_output(tmp_path: Path) -> Path:
     return out
 
 
+def assert_refused_in_one_line(done: subprocess.CompletedProcess, out: Path, message: str) -> None:
+    """Bad input: exit 1, one line naming the problem, the earlier artifact left as it was."""
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("package-model: ")
+    assert message in lines[0]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def packaged_metadata(done: subprocess.CompletedProcess, out: Path) -> dict:
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "metadata.json").read_text())
+
+
 class Exploit:
     def __reduce__(self):
         return (Path.touch, (Path("/tmp/package-model-pwned"),))
@@ -209,12 +223,7 @@ def test_bad_input_is_one_line_and_nothing_is_written(penguins_like, tmp_path, p
     model_path, sample = prepare(model, data, tmp_path)
     out = existing_output(tmp_path)
     done = run(*args(model_path, sample, out, *extra))
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("package-model: ")
-    assert message in lines[0]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert_refused_in_one_line(done, out, message)
 
 
 def test_a_malicious_pickle_is_not_run_without_trust(tmp_path):
@@ -265,3 +274,49 @@ def test_column_types_come_from_the_sample():
         package.column_of("m", pd.Series(["x", 1], dtype=object))
     with pytest.raises(package.PackageError, match="has no values at all"):
         package.column_of("e", pd.Series([np.nan, np.nan]))
+
+
+def test_a_drift_reference_gives_the_bins_and_a_small_sample_alone_is_warned_about(penguins_like, tmp_path):
+    model, data = penguins_like
+    model_path, sample = write(tmp_path, model, data)
+    alone = run(*args(model_path, sample, tmp_path / "alone", "--target", "species"))
+    metadata = packaged_metadata(alone, tmp_path / "alone")
+    assert "package-model: warning: the drift reference has 60 rows: 3 bins per column" in alone.stderr
+    assert "deciles, which need 220 rows or more (--reference" in alone.stderr
+    assert metadata["drift_reference"] == {"rows": 60, "bins_per_column": 3, "noise_floor": 0.0353, "window_rows": 1000}
+    extract = tmp_path / "training.csv"
+    data.sample(600, replace=True, random_state=0).drop(columns="species").to_csv(extract, index=False)
+    done = run(*args(model_path, sample, tmp_path / "out", "--target", "species", "--reference", str(extract)))
+    metadata = packaged_metadata(done, tmp_path / "out")
+    assert "warning" not in done.stderr
+    assert metadata["drift_reference"]["rows"] == 600
+    assert metadata["drift_reference"]["bins_per_column"] == 10
+    assert metadata["training_data"]["drift_reference"] == "training.csv"
+    bill = next(c for c in metadata["inputs"] if c["name"] == "bill_mm")
+    assert len(bill["distribution"]["edges"]) >= 6  # quantile bins from 600 rows (gaps take one bin)
+    assert bill["nullable"] is True  # the sample still types the columns
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        (
+            lambda d, t: d.drop(columns=["species", "sex"]).to_csv(t / "ref.csv", index=False),
+            "lacks the model's input column(s) sex",
+        ),
+        (
+            lambda d, t: d.assign(bill_mm="long").to_csv(t / "ref.csv", index=False),
+            "drift reference column 'bill_mm' holds 'long', not a number",
+        ),
+        (lambda d, t: d.head(0).to_csv(t / "ref.csv", index=False), "the drift reference has a header but no rows"),
+        (lambda d, t: None, "drift reference"),
+    ],
+    ids=["a column missing", "a word in a number column", "no rows", "no such file"],
+)
+def test_a_bad_drift_reference_is_one_line_and_nothing_is_written(penguins_like, tmp_path, reference, message):
+    model, data = penguins_like
+    model_path, sample = write(tmp_path, model, data)
+    reference(data, tmp_path)
+    out = existing_output(tmp_path)
+    done = run(*args(model_path, sample, out, "--target", "species", "--reference", str(tmp_path / "ref.csv")))
+    assert_refused_in_one_line(done, out, message)

@@ -1,11 +1,13 @@
 """Input drift: each column's recent distribution against the training distribution, as a PSI per column.
 
-The artifact records, per input column, how the training data (or the packager's sample) fell into
-bins: deciles for numbers, the most frequent values for strings and booleans, plus "other" and
-"missing" (``reference_of``). Each worker keeps the bin of every value of its last
-MODEL_SERVER_DRIFT_WINDOW rows in a ring, with the counts per bin, and publishes the counts as a
-multiprocess gauge (summed over live workers when Prometheus scrapes). ``/metrics`` then turns the
-summed counts into ``model_server_feature_drift{column}``, the population stability index
+The artifact records, per input column, how the training data (the packager's ``--reference``, else its
+sample) fell into bins: quantiles for numbers, the most frequent values for strings and booleans, plus
+"other" and "missing" (``reference_of``), as many bins as the reference's size keeps quiet: deciles from
+about 220 rows, fewer below (``bins_for``), so that training-like traffic reads under 0.05, not noise.
+Each worker keeps the bin of every value of its last MODEL_SERVER_DRIFT_WINDOW rows in a ring, with the
+counts per bin, and publishes the counts as a multiprocess gauge (summed over live workers when Prometheus
+scrapes). ``/metrics`` then turns the summed counts into ``model_server_feature_drift{column}``, the
+population stability index
 
     PSI = sum over bins of (p - q) * ln(p / q)
 
@@ -29,8 +31,13 @@ from .. import metrics
 from .columns import Batch
 from .signature import BOOL, BYTES, Column, Signature
 
-DECILES = np.linspace(0.1, 0.9, 9)
 TOP_CATEGORIES = 20
+MAX_BINS = 10  # deciles, when the reference is large enough for them
+# A reference's bins are sized so that PSI between it and a window of EXPECTED_WINDOW training-like rows stays
+# under QUIET on average: sampling noise alone would otherwise read as drift (10 bins from a 50-row sample
+# read ~0.17 on traffic drawn from the training data itself, and one column in seven passed 0.25).
+EXPECTED_WINDOW = 1000  # MODEL_SERVER_DRIFT_WINDOW's default
+QUIET = 0.05
 MAX_COLUMNS = 64  # label cardinality: the first 64 columns of a wide model are watched
 DRIFT_MIN_ROWS = 100
 FLOOR = 1e-4
@@ -41,17 +48,38 @@ OTHER, MISSING = "other", "missing"
 # ---- the reference, from training data --------------------------------------------------------------
 
 
-def reference_of(column: Column, values: np.ndarray) -> dict[str, Any]:
-    """How ``values`` (a training column, NaN/None for missing) fall into the column's drift bins."""
+def noise_floor(bins: int, reference_rows: int, window_rows: int = EXPECTED_WINDOW) -> float:
+    """PSI's expected value between a reference and a window drawn from the same distribution: two samples'
+    PSI is about a chi-square with ``bins - 1`` degrees of freedom, scaled by ``1/R + 1/W``."""
+    return (bins - 1) * (1 / max(1, reference_rows) + 1 / max(1, window_rows))
+
+
+def bins_for(reference_rows: int, window_rows: int = EXPECTED_WINDOW) -> int:
+    """The most bins (2 to MAX_BINS) whose noise floor stays under QUIET."""
+    most = int(QUIET / (1 / max(1, reference_rows) + 1 / max(1, window_rows))) + 1
+    return max(2, min(MAX_BINS, most))
+
+
+def rows_for_deciles(window_rows: int = EXPECTED_WINDOW) -> int:
+    """The fewest reference rows that keep ten bins under QUIET."""
+    return math.ceil(1 / (QUIET / (MAX_BINS - 1) - 1 / window_rows))
+
+
+def reference_of(column: Column, values: np.ndarray, bins: int | None = None) -> dict[str, Any]:
+    """How ``values`` (a training column, NaN/None for missing) fall into the column's drift bins, as many
+    bins as the number of values keeps quiet (bins_for; ``bins`` overrides), the missing bin among them."""
     total = len(values)
     missing = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in values], dtype=bool)
     present = values[~missing]
+    budget = (bins or bins_for(total)) - int(missing.any())
     if column.datatype in (BYTES, BOOL):
         keys = [str(v) for v in present]
         counts: dict[str, int] = {}
         for key in keys:
             counts[key] = counts.get(key, 0) + 1
-        top = sorted(counts, key=lambda k: (-counts[k], k))[:TOP_CATEGORIES]
+        ranked = sorted(counts, key=lambda k: (-counts[k], k))
+        # every category its own bin when they fit; else the most frequent, and "other" for the rest
+        top = ranked if len(ranked) <= budget else ranked[: max(1, min(TOP_CATEGORIES, budget - 1))]
         other = len(keys) - sum(counts[k] for k in top)
         return {
             "categories": top,
@@ -60,11 +88,12 @@ def reference_of(column: Column, values: np.ndarray) -> dict[str, Any]:
             MISSING: int(missing.sum()) / total,
         }
     numbers = present.astype(np.float64)
-    edges = np.unique(np.quantile(numbers, DECILES)) if numbers.size else np.empty(0)
-    bins = np.bincount(np.searchsorted(edges, numbers, side="right"), minlength=len(edges) + 1)
+    quantiles = np.linspace(0, 1, max(2, budget) + 1)[1:-1]
+    edges = np.unique(np.quantile(numbers, quantiles)) if numbers.size else np.empty(0)
+    per_bin = np.bincount(np.searchsorted(edges, numbers, side="right"), minlength=len(edges) + 1)
     return {
         "edges": edges.tolist(),
-        "proportions": (bins / total).tolist(),
+        "proportions": (per_bin / total).tolist(),
         MISSING: int(missing.sum()) / total,
     }
 
