@@ -144,6 +144,8 @@ def describe(
     labels: Any = None,
     metrics: dict[str, Any] | None = None,
     drift_data: Any = None,
+    nullable: tuple[str, ...] = (),
+    not_nullable: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Schema-2 metadata for ``model``, proved on ``sample``: the server's runner must answer every
     output on every sample row. With ``labels``, the sample's score is recorded; with ``drift_data`` (a larger
@@ -151,6 +153,7 @@ def describe(
     signature, sample = signature_of(model, sample)
     if drift_data is not None:
         signature = with_drift_reference(signature, drift_data)
+    signature = nullable_from_model(model, signature, sample, nullable, not_nullable)
     try:
         runner = ModelRunner(model, signature)
         answers = runner.run(batch_of(sample, signature), tuple(runner.outputs))
@@ -181,6 +184,62 @@ def describe(
         metadata["metrics"] = metrics
     metadata["drift_reference"] = drift_reference_summary(len(sample) if drift_data is None else len(drift_data))
     return metadata
+
+
+# ---- nullable columns ---------------------------------------------------------------------------------
+
+PROBE_ROWS = 20
+
+
+def nullable_from_model(
+    model: Any, signature: Signature, sample: Any, nullable: tuple[str, ...], not_nullable: tuple[str, ...]
+) -> Signature:
+    """A column is nullable when the sample has a gap in it, or when the model answers with it missing: a
+    HistGradientBoosting routes NaN, a Pipeline imputes it. Proved per column on the sample's first rows with
+    that column emptied, every output finite; ``nullable`` must pass that proof, ``not_nullable`` skips it."""
+    for name in (*nullable, *not_nullable):
+        if name not in signature.by_name:
+            raise PackageError(
+                f"--nullable/--not-nullable {name!r} is not an input column ({', '.join(signature.names)})"
+            )
+    both = sorted(set(nullable) & set(not_nullable))
+    if both:
+        raise PackageError(f"{', '.join(both)} given as both --nullable and --not-nullable")
+    rows = sample.head(PROBE_ROWS)
+    described = []
+    for column in signature.columns:
+        if column.name in not_nullable:
+            described.append(dataclasses.replace(column, nullable=False))
+            continue
+        if column.nullable:
+            described.append(column)
+            continue
+        candidate = dataclasses.replace(column, nullable=True)
+        trial = dataclasses.replace(
+            signature, columns=tuple(candidate if c.name == column.name else c for c in signature.columns)
+        )
+        problem = _answers_without(model, trial, rows.assign(**{column.name: None}))
+        if problem is not None and column.name in nullable:
+            raise PackageError(f"--nullable {column.name}: the model cannot answer with it missing ({problem})")
+        described.append(candidate if problem is None else column)
+    return dataclasses.replace(signature, columns=tuple(described))
+
+
+def _answers_without(model: Any, signature: Signature, rows: Any) -> str | None:
+    """None when the model answers every output, finite, on ``rows``; else what went wrong."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner = ModelRunner(model, signature)
+            answers = runner.run(batch_of(rows, signature), tuple(runner.outputs))
+    except (ArtifactError, ClientError, PackageError) as exc:
+        return exc.message if isinstance(exc, ClientError) else str(exc)
+    except Exception as exc:  # any failure of the model means: not with this column missing
+        return f"{type(exc).__name__}: {exc}"
+    for name, values in answers.items():
+        if np.asarray(values).dtype.kind == "f" and not np.isfinite(values).all():
+            return f"{name} is not finite"
+    return None
 
 
 # ---- the drift reference ------------------------------------------------------------------------------
@@ -353,6 +412,8 @@ def package(args: argparse.Namespace) -> dict[str, Any]:
         labels=labels,
         training_data=training_data,
         drift_data=reference,
+        nullable=tuple(args.nullable),
+        not_nullable=tuple(args.not_nullable),
     )
 
     def server_would_load(model_file: Path) -> None:
@@ -388,6 +449,17 @@ def parser() -> argparse.ArgumentParser:
         metavar="DATA",
         help="a larger training extract (CSV, or Parquet with pyarrow) the drift bins are taken from; "
         f"{drift.rows_for_deciles()}+ rows give deciles (default: the sample)",
+    )
+    p.add_argument(
+        "--nullable",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="a column that may be null when served (the model must answer without it); by default a column is "
+        "nullable when the sample has a gap in it or the model answers with it missing",
+    )
+    p.add_argument(
+        "--not-nullable", action="append", default=[], metavar="COLUMN", help="a column refused when null (422)"
     )
     p.add_argument("--trust-pickle", action="store_true", help="read a pickle (runs its code: only your own)")
     p.add_argument("--trust-type", action="append", default=[], metavar="TYPE", help="extra skops type to trust")

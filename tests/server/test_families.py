@@ -156,7 +156,7 @@ EXPECTED_OUTPUTS = {
 }
 
 
-def fit_and_package(make, labels, with_gaps, category, tmp_path: Path, numpy_input: bool = False):
+def fit_and_package(make, labels, with_gaps, category, tmp_path: Path, numpy_input: bool = False, **describe):
     x = frame(with_gaps)
     if category:
         x = x.astype({"colour": "category"})
@@ -166,7 +166,9 @@ def fit_and_package(make, labels, with_gaps, category, tmp_path: Path, numpy_inp
     sample = x[["size", "count"]] if numeric else x
     y = target(x, labels) if labels else None
     model.fit(fit_x, y) if y is not None else model.fit(fit_x)
-    metadata = package.describe(model, sample, name="m", version="1", target=None, training_data={"source": "test"})
+    metadata = package.describe(
+        model, sample, name="m", version="1", target=None, training_data={"source": "test"}, **describe
+    )
     directory = tmp_path / "model"
     artifact.save(model, metadata, directory)
     return model, fit_x, sample, directory
@@ -295,11 +297,17 @@ def test_an_unseen_category_the_model_refuses_is_a_422_naming_the_column(tmp_pat
 
 
 def test_nulls_are_missing_values_only_where_the_column_is_nullable(tmp_path):
-    _, _, _, directory = fit_and_package(_logistic, "strings", True, False, tmp_path)
+    # 'count' has no gap in the sample; the pipeline imputes it, so by default it is nullable too
+    _, _, _, directory = fit_and_package(_logistic, "strings", True, False, tmp_path / "default")
     client = served_client(directory)
     ok = client.post("/v1/models/m:predict", json={"instances": [[None, None, 3, True]]})
     assert ok.status_code == 200
-    refused = client.post("/v1/models/m:predict", json={"instances": [["red", 1.0, None, True]]})
+    imputed = client.post("/v1/models/m:predict", json={"instances": [["red", 1.0, None, True]]})
+    assert imputed.status_code == 200, imputed.get_json()
+    _, _, _, directory = fit_and_package(
+        _logistic, "strings", True, False, tmp_path / "strict", not_nullable=("count",)
+    )
+    refused = served_client(directory).post("/v1/models/m:predict", json={"instances": [["red", 1.0, None, True]]})
     assert refused.status_code == 422
     assert "column 'count' row 0 is null" in refused.get_json()["error"]
 

@@ -104,14 +104,15 @@ def test_a_pipeline_with_strings_and_gaps_is_packaged_and_served(penguins_like, 
     model_path, sample = write(tmp_path, model, data)
     done = run(*args(model_path, sample, tmp_path / "out", "--target", "species"))
     metadata = packaged_metadata(done, tmp_path / "out")
-    assert "inputs: island BYTES, bill_mm FP64?, sex BYTES?" in done.stdout
+    # island has no gap in the sample, but the pipeline imputes it: the model answers without it, so may a client
+    assert "inputs: island BYTES?, bill_mm FP64?, sex BYTES?" in done.stdout
     assert metadata["schema_version"] == 2
     assert metadata["task"] == "classification"
     assert metadata["classes"] == ["Adelie", "Gentoo"]
     assert metadata["inputs"][0] == {
         "name": "island",
         "datatype": "BYTES",
-        "nullable": False,
+        "nullable": True,
         "categories": ["Biscoe", "Dream", "Torgersen"],
         "example": metadata["inputs"][0]["example"],
         "distribution": {
@@ -320,3 +321,38 @@ def test_a_bad_drift_reference_is_one_line_and_nothing_is_written(penguins_like,
     out = existing_output(tmp_path)
     done = run(*args(model_path, sample, out, "--target", "species", "--reference", str(tmp_path / "ref.csv")))
     assert_refused_in_one_line(done, out, message)
+
+
+def test_nullable_comes_from_the_model_and_can_be_overridden(penguins_like, tmp_path):
+    model, data = penguins_like
+    model_path, sample = write(tmp_path, model, data)
+    strict = run(*args(model_path, sample, tmp_path / "strict", "--target", "species", "--not-nullable", "island"))
+    assert packaged_metadata(strict, tmp_path / "strict")["inputs"][0]["nullable"] is False
+    assert "inputs: island BYTES, bill_mm FP64?" in strict.stdout
+    client = create_app(make_settings(tmp_path / "strict")).test_client()
+    refused = client.post("/v1/models/penguins:predict", json={"instances": [[None, 40.0, "male"]]})
+    assert refused.status_code == 422
+    assert "island" in refused.get_json()["error"]
+    # the default: the imputer answers for a missing island, and so does the server
+    default = run(*args(model_path, sample, tmp_path / "out", "--target", "species"))
+    assert packaged_metadata(default, tmp_path / "out")["inputs"][0]["nullable"] is True
+    client = create_app(make_settings(tmp_path / "out")).test_client()
+    answered = client.post("/v1/models/penguins:predict", json={"instances": [[None, 40.0, "male"]]})
+    assert answered.status_code == 200, answered.get_json()
+    assert (
+        answered.get_json()["predictions"]
+        == model.predict(pd.DataFrame({"island": [np.nan], "bill_mm": [40.0], "sex": ["male"]})).tolist()
+    )
+
+
+def test_a_model_that_cannot_take_a_gap_keeps_the_column_strict_and_refuses_nullable(tmp_path):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    model = LinearRegression().fit(frame, frame["a"] * 2 + frame["b"])
+    model_path, sample = write(tmp_path, model, frame.assign(y=frame["a"] * 2))
+    done = run(*args(model_path, sample, tmp_path / "strict", "--target", "y"))
+    assert [c["nullable"] for c in packaged_metadata(done, tmp_path / "strict")["inputs"]] == [False, False]
+    assert "inputs: a FP64, b FP64\n" in done.stdout
+    out = existing_output(tmp_path)
+    refused = run(*args(model_path, sample, out, "--target", "y", "--nullable", "b"))
+    assert_refused_in_one_line(refused, out, "--nullable b: the model cannot answer with it missing")

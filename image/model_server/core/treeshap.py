@@ -25,6 +25,7 @@ scikit-learn's missing-value routing and HistGradientBoosting's categorical spli
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from math import factorial
@@ -298,10 +299,15 @@ def _one_column(values: np.ndarray, column: int, outputs: int) -> np.ndarray:
 def gradient_boosting(model: Any, constant: np.ndarray) -> Ensemble:
     """GradientBoosting: ``constant + learning_rate * sum of the stage's trees``, one column per raw output."""
     outputs = model.estimators_.shape[1]
+    # GradientBoosting predicts with its own loop over the stages (predict_stages), not the trees' apply: a NaN
+    # fails every ``x <= threshold`` there and goes right, wherever the tree itself would send it.
     trees = [
-        _sklearn_tree(
-            estimator.tree_,
-            _one_column(np.asarray(estimator.tree_.value)[:, 0, 0] * model.learning_rate, k, outputs),
+        dataclasses.replace(
+            _sklearn_tree(
+                estimator.tree_,
+                _one_column(np.asarray(estimator.tree_.value)[:, 0, 0] * model.learning_rate, k, outputs),
+            ),
+            missing_left=np.zeros(estimator.tree_.node_count, dtype=bool),
         )
         for stage in model.estimators_
         for k, estimator in enumerate(stage)
