@@ -284,3 +284,37 @@ def test_forests_fitted_on_a_dataframe_take_the_compiled_path_and_answer_as_scik
         rows = frame.sample(40, random_state=3)
         for output, values in runner.run(batch_from(rows, signature), methods_of(runner)).items():
             assert np.array_equal(values, getattr(model, output)(rows)), output
+
+
+def _hist_gradient_boosting_cases():
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(8)
+    numbers = rng.normal(size=(400, 4))
+    numbers[rng.random(numbers.shape) < 0.1] = np.nan
+    numbers[:, 3] = rng.integers(0, 5, 400)
+    numbers[rng.random(400) < 0.1, 3] = np.nan
+    score = np.nan_to_num(numbers[:, 0]) + np.isin(numbers[:, 3], [1, 3])
+    frame = pd.DataFrame(numbers, columns=["a", "b", "c", "plan"])
+    return frame, [
+        HistGradientBoostingRegressor(max_iter=40).fit(frame, score),
+        HistGradientBoostingClassifier(max_iter=40).fit(frame, score > 0.5),
+        HistGradientBoostingClassifier(max_iter=20).fit(frame, np.digitize(score, [0, 1])),
+        HistGradientBoostingClassifier(max_iter=30, categorical_features=["plan"]).fit(frame, score > 0.5),
+    ]
+
+
+def test_hist_gradient_boosting_is_compiled_and_answers_as_scikit_learn_bit_for_bit():
+    frame, models = _hist_gradient_boosting_cases()
+    rng = np.random.default_rng(9)
+    for model in models:
+        runner, signature = runner_for(model, frame)
+        assert runner.description.path == f"compiled {type(model).__name__}"
+        # 5 rows and 40 take the level-by-level walk, 300 each predictor's own Cython: both sklearn's sums
+        for count in (5, 40, 300):
+            rows = pd.DataFrame(rng.normal(size=(count, 4)), columns=frame.columns)
+            rows[rng.random(rows.shape) < 0.2] = np.nan
+            rows["plan"] = rng.integers(-1, 8, count).astype(float)  # unknown and negative codes too
+            rows.loc[rng.random(count) < 0.1, "plan"] = np.nan
+            for output, values in runner.run(batch_from(rows, signature), methods_of(runner)).items():
+                assert np.array_equal(values, getattr(model, output)(rows)), (type(model).__name__, output, count)

@@ -12,6 +12,9 @@ tree). This module rebuilds two things from the fitted parameters:
 * **forests**: RandomForest / ExtraTrees classifiers and regressors (one output): every tree's
   leaves from the tree's own Cython ``apply``, the leaf values summed in tree order as scikit-learn
   does, divided by the tree count. The same floating-point operations in the same order.
+* **histogram gradient boosting** (regressors, binary and multiclass classifiers, with their NaN routing,
+  categorical splits and own category encoding): every predictor's leaf found for all trees at once, the
+  leaf values added to the baseline in iteration order, then scikit-learn's own link and classes.
 * **logistic regression**: ``X @ coef_.T + intercept_`` then scikit-learn's own expit / softmax.
 
 Anything else, or any option these do not cover (infrequent categories, indicators, pandas output,
@@ -432,6 +435,157 @@ def forest_methods(forest: Any) -> dict[str, Method]:
     return {"predict": predict_values}
 
 
+# ---- histogram gradient boosting ---------------------------------------------------------------------
+
+# measured (100 trees): the level walk took 1.21 ms for 64 rows against the per-predictor calls' 1.39 ms,
+# 1.83 ms for 100 rows against 1.56 ms
+HGB_WALK_ROWS = 64
+
+
+def _hgb_own_encoding(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """HistGradientBoosting's own step before its trees, rebuilt: with categorical features, their values
+    become codes (an unknown value or a gap, NaN) and move to the front, the numbers follow as they are."""
+    prepare = getattr(model, "_preprocessor", None)
+    if prepare is None:
+        return lambda matrix: matrix
+    layout: list[tuple[slice, np.ndarray, Any]] = []
+    for name, step, columns in prepare.transformers_:
+        where = prepare.output_indices_.get(name, slice(0, 0))
+        if where.stop == where.start:
+            continue
+        picked = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns, dtype=np.intp)
+        if name == "encoder":
+            if step.handle_unknown != "use_encoded_value" or not (
+                np.isnan(step.unknown_value) and np.isnan(step.encoded_missing_value)
+            ):
+                raise NotCompilable("HistGradientBoosting with an encoder configured otherwise than its own")
+            known = [np.asarray(c, dtype=np.float64) for c in step.categories_]
+            layout.append((where, picked, [c[~np.isnan(c)] for c in known]))
+        elif name == "numerical":
+            layout.append((where, picked, None))
+        else:
+            raise NotCompilable(f"HistGradientBoosting preprocessing step {name!r} is not rebuilt here")
+
+    def encode(matrix: np.ndarray) -> np.ndarray:
+        out = np.empty(matrix.shape, dtype=np.float64)
+        for where, picked, categories in layout:
+            block = matrix[:, picked]
+            if categories is None:
+                out[:, where] = block
+                continue
+            for j, known in enumerate(categories):
+                values = block[:, j]
+                index = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
+                found = (known[index] == values) if len(known) else np.zeros(len(values), dtype=bool)
+                out[:, where.start + j] = np.where(found, index, np.nan)
+        return out
+
+    return encode
+
+
+def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
+    """HistGradientBoosting's predict, predict_proba and decision_function: every predictor's leaf found for
+    all trees at once, level by level (NaN and categories routed as its predictors route them), the leaf values
+    added to the baseline in iteration order as scikit-learn adds them, then its own link and classes."""
+    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import BaseHistGradientBoosting
+
+    from .treeshap import category_table
+
+    if not isinstance(model, BaseHistGradientBoosting):
+        raise NotCompilable(f"{type(model).__name__} is not a HistGradientBoosting model")
+    encode = _hgb_own_encoding(model)
+    known, feature_map = (None, None)
+    if model.is_categorical_ is not None and np.any(model.is_categorical_):
+        known, feature_map = model._bin_mapper.make_known_categories_bitsets()
+    trees = [predictor for iteration in model._predictors for predictor in iteration]
+    outputs = len(model._predictors[0])
+    column = np.tile(np.arange(outputs), len(model._predictors))  # the raw output each tree adds to
+    sizes = [len(p.nodes) for p in trees]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+    nodes = np.concatenate([p.nodes for p in trees])
+    shift = np.repeat(offsets, sizes)
+    leaf = nodes["is_leaf"].astype(bool)
+    left = np.where(leaf, -1, nodes["left"].astype(np.intp) + shift)
+    right = np.where(leaf, -1, nodes["right"].astype(np.intp) + shift)
+    feature = np.where(leaf, 0, nodes["feature_idx"].astype(np.intp))
+    threshold = nodes["num_threshold"].astype(np.float64)
+    missing_left = nodes["missing_go_to_left"].astype(bool)
+    categorical = nodes["is_categorical"].astype(bool) & ~leaf
+    table_of = np.full(len(nodes), -1, dtype=np.intp)
+    tables: list[np.ndarray] = []
+    for tree, predictor in enumerate(trees):
+        for node in np.flatnonzero(
+            predictor.nodes["is_categorical"].astype(bool) & ~predictor.nodes["is_leaf"].astype(bool)
+        ):
+            record = predictor.nodes[node]
+            table_of[offsets[tree] + node] = len(tables)
+            tables.append(
+                category_table(
+                    predictor.raw_left_cat_bitsets[record["bitset_idx"]],
+                    known[feature_map[record["feature_idx"]]],  # type: ignore[index]
+                    bool(record["missing_go_to_left"]),
+                )
+            )
+    lookup = np.array(tables, dtype=bool).reshape(-1, 256)
+    values = nodes["value"].astype(np.float64)
+    baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1, outputs)
+
+    def raw(matrix: np.ndarray) -> np.ndarray:
+        x = encode(np.asarray(matrix, dtype=np.float64))
+        rows = len(x)
+        if rows > HGB_WALK_ROWS:  # many rows: each predictor's own Cython walk, added as scikit-learn adds it
+            out = np.zeros((rows, outputs), order="F")
+            out += baseline
+            x = np.ascontiguousarray(x)
+            for predictor, k in zip(trees, column, strict=True):
+                out[:, k] += predictor.predict(x, known, feature_map, n_threads=1)
+            return out
+        node = np.repeat(offsets[:, None], rows, axis=1)
+        flat, flat_rows = node.ravel(), np.tile(np.arange(rows), len(trees))
+        active = np.flatnonzero(~leaf[flat])
+        while active.size:
+            at = flat[active]
+            value = x[flat_rows[active], feature[at]]
+            go_left = np.where(np.isnan(value), missing_left[at], value <= threshold[at])
+            cat = categorical[at]
+            if cat.any():
+                codes = value[cat]
+                usable = ~np.isnan(codes) & (codes >= 0) & (codes < 256)
+                index = np.where(usable, codes, 0).astype(np.intp)
+                go_left[cat] = np.where(usable, lookup[table_of[at[cat]], index], missing_left[at[cat]])
+            flat[active] = np.where(go_left, left[at], right[at])
+            active = active[~leaf[flat[active]]]
+        # baseline first, then each tree's leaf value into its output column, in iteration order
+        added = np.zeros((len(trees) + 1, rows, outputs))
+        added[0] = baseline
+        added[np.arange(1, len(trees) + 1)[:, None], np.arange(rows)[None, :], column[:, None]] = values[node]
+        total: np.ndarray = np.cumsum(added, axis=0)[-1]
+        return total
+
+    if not hasattr(model, "classes_"):
+        inverse = model._loss.link.inverse
+
+        def predict_values(matrix: np.ndarray) -> np.ndarray:
+            return np.asarray(inverse(raw(matrix).ravel()))
+
+        return {"predict": predict_values}
+    classes = np.asarray(model.classes_)
+
+    def decision_function(matrix: np.ndarray) -> np.ndarray:
+        scores = raw(matrix)
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(model._loss.predict_proba(raw(matrix)))
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        scores = raw(matrix)
+        encoded = (scores.ravel() > 0).astype(int) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
+        return classes.take(encoded, axis=0)
+
+    return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
+
+
 # ---- logistic regression -----------------------------------------------------------------------------
 
 
@@ -471,7 +625,7 @@ def logistic_methods(model: Any) -> dict[str, Method]:
 
 def final_methods(final: Any) -> tuple[dict[str, Method], str]:
     """Compiled methods of a Pipeline's final step where there are some, and how to name the path."""
-    for build in (forest_methods, logistic_methods):
+    for build in (forest_methods, hist_gradient_boosting_methods, logistic_methods):
         try:
             return build(final), f"compiled {type(final).__name__}"
         except NotCompilable:

@@ -330,7 +330,7 @@ def hist_gradient_boosting(model: Any) -> Ensemble:
             category = np.full(len(nodes), -1, dtype=np.intp)
             category[split] = np.arange(len(split))
             tables = [
-                _category_table(
+                category_table(
                     predictor.raw_left_cat_bitsets[nodes["bitset_idx"][node]],
                     known[feature_map[nodes["feature_idx"][node]]],  # type: ignore[index]
                     bool(nodes["missing_go_to_left"][node]),
@@ -353,7 +353,7 @@ def hist_gradient_boosting(model: Any) -> Ensemble:
     return _flatten(trees, outputs, np.asarray(model._baseline_prediction).reshape(outputs), float32_input=False)
 
 
-def _category_table(left_bitset: np.ndarray, known_bitset: np.ndarray, missing_left: bool) -> np.ndarray:
+def category_table(left_bitset: np.ndarray, known_bitset: np.ndarray, missing_left: bool) -> np.ndarray:
     """For codes 0..255: does the split send it left? (Unknown codes follow the missing values.)"""
     codes = np.arange(256)
     words, bits = codes // 32, codes % 32
