@@ -489,14 +489,12 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
     added to the baseline in iteration order as scikit-learn adds them, then its own link and classes."""
     from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import BaseHistGradientBoosting
 
-    from .treeshap import category_table
+    from .treeshap import hgb_category_tables, hgb_known_categories
 
     if not isinstance(model, BaseHistGradientBoosting):
         raise NotCompilable(f"{type(model).__name__} is not a HistGradientBoosting model")
     encode = _hgb_own_encoding(model)
-    known, feature_map = (None, None)
-    if model.is_categorical_ is not None and np.any(model.is_categorical_):
-        known, feature_map = model._bin_mapper.make_known_categories_bitsets()
+    known, feature_map = hgb_known_categories(model)
     trees = [predictor for iteration in model._predictors for predictor in iteration]
     outputs = len(model._predictors[0])
     column = np.tile(np.arange(outputs), len(model._predictors))  # the raw output each tree adds to
@@ -513,20 +511,14 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
     categorical = nodes["is_categorical"].astype(bool) & ~leaf
     table_of = np.full(len(nodes), -1, dtype=np.intp)
     tables: list[np.ndarray] = []
+    count = 0
     for tree, predictor in enumerate(trees):
-        for node in np.flatnonzero(
-            predictor.nodes["is_categorical"].astype(bool) & ~predictor.nodes["is_leaf"].astype(bool)
-        ):
-            record = predictor.nodes[node]
-            table_of[offsets[tree] + node] = len(tables)
-            tables.append(
-                category_table(
-                    predictor.raw_left_cat_bitsets[record["bitset_idx"]],
-                    known[feature_map[record["feature_idx"]]],  # type: ignore[index]
-                    bool(record["missing_go_to_left"]),
-                )
-            )
-    lookup = np.array(tables, dtype=bool).reshape(-1, 256)
+        category, own = hgb_category_tables(predictor, known, feature_map)
+        split = category >= 0
+        table_of[offsets[tree] + np.flatnonzero(split)] = category[split] + count
+        tables.append(own)
+        count += len(own)
+    lookup = np.concatenate(tables) if tables else np.zeros((0, 256), dtype=bool)
     values = nodes["value"].astype(np.float64)
     baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1, outputs)
 

@@ -318,25 +318,13 @@ def gradient_boosting(model: Any, constant: np.ndarray) -> Ensemble:
 def hist_gradient_boosting(model: Any) -> Ensemble:
     """HistGradientBoosting: ``baseline + sum of the predictors' leaf values`` (shrinkage already applied)."""
     outputs = len(model._predictors[0])
-    known = feature_map = None
-    if model.is_categorical_ is not None and np.any(model.is_categorical_):
-        known, feature_map = model._bin_mapper.make_known_categories_bitsets()
+    known, feature_map = hgb_known_categories(model)
     trees = []
     for iteration in model._predictors:
         for k, predictor in enumerate(iteration):
             nodes = predictor.nodes
             is_leaf = nodes["is_leaf"].astype(bool)
-            split = np.flatnonzero(nodes["is_categorical"].astype(bool) & ~is_leaf)
-            category = np.full(len(nodes), -1, dtype=np.intp)
-            category[split] = np.arange(len(split))
-            tables = [
-                category_table(
-                    predictor.raw_left_cat_bitsets[nodes["bitset_idx"][node]],
-                    known[feature_map[nodes["feature_idx"][node]]],  # type: ignore[index]
-                    bool(nodes["missing_go_to_left"][node]),
-                )
-                for node in split
-            ]
+            category, tables = hgb_category_tables(predictor, known, feature_map)
             trees.append(
                 _Tree(
                     left=np.where(is_leaf, -1, nodes["left"].astype(np.intp)),
@@ -347,10 +335,38 @@ def hist_gradient_boosting(model: Any) -> Ensemble:
                     cover=nodes["count"].astype(np.float64),
                     values=_one_column(nodes["value"].astype(np.float64), k, outputs),
                     category=category,
-                    tables=np.array(tables, dtype=bool).reshape(-1, 256),
+                    tables=tables,
                 )
             )
     return _flatten(trees, outputs, np.asarray(model._baseline_prediction).reshape(outputs), float32_input=False)
+
+
+def hgb_known_categories(model: Any) -> tuple[Any, Any]:
+    """HistGradientBoosting's known-category bitsets and their feature map; (None, None) without categories."""
+    if model.is_categorical_ is not None and np.any(model.is_categorical_):
+        return model._bin_mapper.make_known_categories_bitsets()  # type: ignore[no-any-return]
+    return None, None
+
+
+def hgb_category_tables(predictor: Any, known: Any, feature_map: Any) -> tuple[np.ndarray, np.ndarray]:
+    """For one HistGradientBoosting predictor: each node's row in its category tables (-1 for a numeric
+    split or a leaf), and the tables (categorical splits, 256): does code c go left? ``known`` and
+    ``feature_map`` are hgb_known_categories' answer."""
+    nodes = predictor.nodes
+    split = np.flatnonzero(nodes["is_categorical"].astype(bool) & ~nodes["is_leaf"].astype(bool))
+    category = np.full(len(nodes), -1, dtype=np.intp)
+    category[split] = np.arange(len(split))
+    if not split.size:
+        return category, np.zeros((0, 256), dtype=bool)
+    tables = [
+        category_table(
+            predictor.raw_left_cat_bitsets[nodes["bitset_idx"][node]],
+            known[feature_map[nodes["feature_idx"][node]]],
+            bool(nodes["missing_go_to_left"][node]),
+        )
+        for node in split
+    ]
+    return category, np.array(tables, dtype=bool).reshape(-1, 256)
 
 
 def category_table(left_bitset: np.ndarray, known_bitset: np.ndarray, missing_left: bool) -> np.ndarray:
