@@ -442,18 +442,21 @@ def forest_methods(forest: Any) -> dict[str, Method]:
 HGB_WALK_ROWS = 64
 
 
-def _hgb_own_encoding(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """HistGradientBoosting's own step before its trees, rebuilt: with categorical features, their values
-    become codes (an unknown value or a gap, NaN) and move to the front, the numbers follow as they are."""
+def hgb_own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
+    """HistGradientBoosting's own step before its trees, rebuilt, and for each column it outputs the input
+    column it comes from (None without one): with categorical features, their values become codes (an
+    unknown value or a gap, NaN) and move to the front, the numbers follow as they are."""
     prepare = getattr(model, "_preprocessor", None)
     if prepare is None:
-        return lambda matrix: matrix
+        return None
     layout: list[tuple[slice, np.ndarray, Any]] = []
+    origins = np.zeros(model.n_features_in_, dtype=np.intp)
     for name, step, columns in prepare.transformers_:
         where = prepare.output_indices_.get(name, slice(0, 0))
         if where.stop == where.start:
             continue
         picked = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns, dtype=np.intp)
+        origins[where] = picked
         if name == "encoder":
             if step.handle_unknown != "use_encoded_value" or not (
                 np.isnan(step.unknown_value) and np.isnan(step.encoded_missing_value)
@@ -480,7 +483,7 @@ def _hgb_own_encoding(model: Any) -> Callable[[np.ndarray], np.ndarray]:
                 out[:, where.start + j] = np.where(found, index, np.nan)
         return out
 
-    return encode
+    return encode, origins
 
 
 def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
@@ -493,7 +496,8 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
 
     if not isinstance(model, BaseHistGradientBoosting):
         raise NotCompilable(f"{type(model).__name__} is not a HistGradientBoosting model")
-    encode = _hgb_own_encoding(model)
+    own_encoding = hgb_own_encoding(model)
+    encode = own_encoding[0] if own_encoding is not None else np.asarray
     known, feature_map = hgb_known_categories(model)
     trees = [predictor for iteration in model._predictors for predictor in iteration]
     outputs = len(model._predictors[0])

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import treeshap
+from . import compiled, treeshap
 
 CONTRIBUTIONS, BASELINE = "contributions", "baseline"
 OUTPUTS = (CONTRIBUTIONS, BASELINE)
@@ -179,34 +179,16 @@ def _tree_ensemble(model: Any) -> tuple[treeshap.Ensemble, Callable[[np.ndarray]
     return ensemble, lambda m: np.asarray(model.predict(m)).reshape(-1, 1), "predict"
 
 
-def _own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
-    """HistGradientBoosting with categorical features encodes them itself before its trees (categories to
-    codes, categorical columns first): that step, and for each column it outputs, the input column."""
-    prepare = getattr(model, "_preprocessor", None)
-    if prepare is None:
-        return None
-    origins = np.zeros(model.n_features_in_, dtype=np.intp)
-    for name, _, columns in prepare.transformers_:
-        where = prepare.output_indices_.get(name, slice(0, 0))
-        picked = np.flatnonzero(columns) if np.asarray(columns).dtype == bool else np.asarray(columns, dtype=np.intp)
-        if where.stop > where.start:
-            origins[where] = picked
-
-    def encode(matrix: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():  # fitted on a DataFrame, given the same columns as an array
-            warnings.simplefilter("ignore", UserWarning)
-            return np.asarray(prepare.transform(matrix), dtype=np.float64)
-
-    return encode, origins
-
-
 def trees(model: Any) -> tuple[str, Decompose, Callable[[np.ndarray], np.ndarray]]:
     """Exact Shapley values (treeshap.py) of the tree ensembles scikit-learn fits."""
     try:
         ensemble, truth, kind = _tree_ensemble(model)
     except treeshap.TooLarge as exc:
         raise NotExplainable(f"{type(model).__name__} is too large to explain exactly here: {exc}") from None
-    own_encoding = _own_encoding(model)
+    try:  # HistGradientBoosting's own category encoding before its trees, as the compiled path rebuilds it
+        own_encoding = compiled.hgb_own_encoding(model)
+    except compiled.NotCompilable as exc:
+        raise NotExplainable(str(exc)) from None
     expected = ensemble.baseline()
     outputs = expected.shape[0]
     pick_predicted = outputs > 2 or (outputs == 2 and kind != "predict_proba")
