@@ -57,6 +57,7 @@ def sustained(lab: Lab, seconds: int = 60) -> Result:
     )
 
 
+RECOVERY_SAMPLES = 3  # capacity samples after an overload, the first at 90 % of the baseline ends them
 SHED_SHARE_BOUND_3X = 0.005  # of the requests at 3x, shed while one worker holds too many connections
 
 
@@ -71,7 +72,13 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
     sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=48, threads=2)
     shed = round(metric(server, "model_server_shed_requests_total") - shed_before)
     live = requests.get(f"{server.base}/v2/health/live", timeout=5).status_code
-    after = capacity(lab, server)
+    # wrk shares the 2 cores with the server, so one 5 s sample can read well under the server's speed (CI once
+    # read 9468 req/s after an overload served at 11115, against a 11300 baseline). A server that did not
+    # recover is slow on every sample; a dip is not: up to RECOVERY_SAMPLES, the best one counts.
+    samples: list[float] = []
+    while len(samples) < RECOVERY_SAMPLES and max(samples, default=0.0) < 0.9 * baseline:
+        samples.append(capacity(lab, server))
+    after = max(samples)
     recovered = after >= 0.9 * baseline
     # The kernel, not the server, decides which worker accepts each of the 48 connections: now and then one
     # worker holds more connections than its queue admits and sheds some of their requests (a shed keeps its
@@ -88,6 +95,7 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
             "p50 ms": round(sample.p50_ms, 2),
             "p99 ms": round(sample.p99_ms, 2),
             "capacity after req/s": round(after),
+            "capacity samples after": [round(x) for x in samples],
         },
         "3x is within what the workers' queues (MODEL_SERVER_MAX_QUEUE each) absorb: every answer is a 200, "
         "except at most 0.5 % shed while the kernel has handed one worker more connections than its queue "
