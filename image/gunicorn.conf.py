@@ -107,7 +107,23 @@ def pre_fork(server, worker):
     gc.freeze()
 
 
+if settings.grpc_port:
+
+    def post_worker_init(worker):
+        # gRPC after the fork, in each worker (model_server/transport/rpc/server.py): never in the master.
+        from model_server.transport.rpc import server as rpc
+
+        rpc.start(worker.wsgi, settings, worker.log.access_rpc)
+
+
 def worker_exit(server, worker):
+    if settings.grpc_port:
+        # The gevent worker stopped gRPC when it began to drain; the sync and gthread workers stop it here.
+        from model_server.transport.rpc import server as rpc
+
+        stopped = rpc.stop(settings.graceful_timeout)
+        if stopped is not None:
+            stopped.wait(settings.graceful_timeout)
     # A gevent worker's interpreter teardown trips over logging's weakref callbacks after gevent's
     # patched threading module is gone, printing a non-JSON traceback per worker exit. Nothing is
     # lost at that point: silence only those final "exception ignored" reports.

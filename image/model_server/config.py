@@ -146,6 +146,14 @@ FIELDS: dict[str, Setting] = {
         "answering them too); 0: none (gevent workers).",
         Integer(0, 65535),
     ),
+    "grpc_port": Setting(
+        "MODEL_SERVER_GRPC_PORT",
+        "0",
+        "TCP port of the Open Inference Protocol's gRPC binding (inference.GRPCInferenceService) and the standard "
+        "grpc.health.v1 service, served by every worker (SO_REUSEPORT) with the same model, auth, TLS, limits and "
+        "queue as REST; 0: off (scripts/serve and the chart use 8081).",
+        Integer(0, 65535),
+    ),
     "workers": Setting("MODEL_SERVER_WORKERS", "2", "gunicorn worker processes.", Integer(1, 256)),
     "worker_class": Setting(
         "MODEL_SERVER_WORKER_CLASS",
@@ -362,6 +370,7 @@ class Settings:
     host: str
     port: int
     health_port: int
+    grpc_port: int
     workers: int
     worker_class: str
     worker_connections: int
@@ -431,6 +440,8 @@ def _check_together(values: Mapping[str, object]) -> None:
         )
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         raise ConfigError(f"{env('tls_cert_file')} and {env('tls_key_file')} go together: set both or neither")
+    if values["grpc_port"] and values["grpc_port"] in (values["port"], values["health_port"]):
+        raise ConfigError(f"{env('grpc_port')}={values['grpc_port']} is already the REST or health port")
     if values["tls_client_ca_file"] and not values["tls_cert_file"]:
         raise ConfigError(f"{env('tls_client_ca_file')} needs {env('tls_cert_file')}: mutual TLS is TLS first")
     body, budget = values["max_body_bytes"], values["max_inflight_body_bytes"]

@@ -79,6 +79,24 @@ class GunicornJsonLogger(GunicornBaseLogger):
         agent = next((value for name, value in req.headers if name == "USER-AGENT"), None)
         self._write(req.method, req.path, status, seconds, sent, remote, rid, agent, *audit)
 
+    def access_rpc(
+        self,
+        route: str,
+        status: int,
+        seconds: float,
+        sent: int,
+        peer: str,
+        rid: str,
+        agent: str | None,
+        caller: str | None,
+        model: str | None,
+    ) -> None:
+        """The same line for a gRPC call (transport/rpc/service.py): its method path, the HTTP status the same
+        outcome gets over REST, and the peer as gRPC names it (``ipv4:127.0.0.1:40112``)."""
+        if not self.access_log.handlers:
+            return
+        self._write("POST", route, status, seconds, sent, peer, rid, agent, caller, model)
+
     def _write(
         self,
         method: str | None,

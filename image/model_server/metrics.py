@@ -30,7 +30,9 @@ LATENCY = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-ROWS_PREDICTED = Counter("model_server_predicted_rows_total", "Rows predicted, by protocol.", ["protocol"])
+ROWS_PREDICTED = Counter(
+    "model_server_predicted_rows_total", "Rows predicted, by protocol (v1, v2, grpc).", ["protocol"]
+)
 MODEL_INFO = Gauge(
     "model_server_model_info",
     "The loaded model's name and version (value 1).",
@@ -113,7 +115,7 @@ def tls_handshake_failure(reason: str) -> Counter:
 
 @functools.cache
 def rows_predicted(protocol: str) -> Counter:
-    """The rows counter for one protocol (v1 or v2), looked up once."""
+    """The rows counter for one protocol (v1, v2 or grpc), looked up once."""
     return ROWS_PREDICTED.labels(protocol=protocol)
 
 

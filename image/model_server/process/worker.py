@@ -33,6 +33,7 @@ import errno
 import os
 import socket
 import ssl
+import sys
 import time
 from functools import partial
 from typing import Any
@@ -382,6 +383,10 @@ class ModelServerWorker(GeventWorker):
     def drain(self, servers: list[tuple[StreamServer, Any]]) -> None:
         """Stop taking connections without resetting any, then let every open connection finish."""
         self.drain_deadline = time.monotonic() + self.cfg.graceful_timeout
+        grpc_stopped = None
+        if "model_server.transport.rpc.server" in sys.modules:
+            # gRPC refuses new calls now and finishes those in flight alongside the HTTP connections.
+            grpc_stopped = sys.modules["model_server.transport.rpc.server"].stop(self.cfg.graceful_timeout)
         for server, listener in servers:
             server.stop_accepting()
             if not master_holds(listener, self.ppid):
@@ -401,6 +406,8 @@ class ModelServerWorker(GeventWorker):
         if self.connections:
             self.log.warning("graceful timeout: closing %d connections", len(self.connections))
             self.connections.kill(timeout=1)
+        if grpc_stopped is not None:
+            grpc_stopped.wait(max(0.0, self.drain_deadline - time.monotonic()))
 
     def _accept_waiting(self, server: StreamServer, listener: Any) -> None:
         """Serve the connections that completed their handshake but were not accepted yet, as ``server`` serves

@@ -58,12 +58,16 @@ class InferRequest:
 
 
 @dataclass
-class _Tensor:
+class Tensor:
+    """One input tensor's structure, checked; its values are one of: ``data`` (JSON), ``binary_size`` bytes of
+    the binary section, or an ``array`` already decoded (the gRPC binding's typed contents)."""
+
     name: str
     shape: list[int]
     datatype: str
     binary_size: int | None
     data: Any
+    array: np.ndarray | None = None
 
 
 def parse_request(
@@ -82,20 +86,27 @@ def parse_request(
     request_id = body.get("id")
     if "id" in body and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
-    parameters = _parameters(body.get("parameters", {}), '"parameters"')
+    parameters = checked_parameters(body.get("parameters", {}), '"parameters"')
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('"inputs" must be a non-empty list of tensors')
     # Every tensor's structure first (400s), then limits and contents (413, 422): a malformed
     # request is reported as malformed whatever its size claims.
     tensors = [_describe(tensor, index) for index, tensor in enumerate(inputs)]
-    outputs, binary_outputs = _requested_outputs(
+    outputs, binary_outputs = requested_outputs(
         body.get("outputs", _ABSENT),
         available,
         default_outputs,
         bool(parameters.get("binary_data_output")),
         unavailable or {},
     )
+    batch = checked_batch(tensors, binary, signature, max_rows)
+    return InferRequest(batch=batch, outputs=outputs, id=request_id, binary_outputs=binary_outputs)
+
+
+def checked_batch(tensors: list[Tensor], binary: bytes, signature: Signature, max_rows: int) -> Batch:
+    """Input tensors, structurally checked, -> the model's checked Batch: what both bindings (JSON and gRPC)
+    share from here on, so a request is refused alike, with the same message, whichever binding sent it."""
     names = [t.name for t in tensors]
     duplicated = next((name for name in names if names.count(name) > 1), None)
     if duplicated is not None:
@@ -103,13 +114,12 @@ def parse_request(
     arrays = _decode_all(tensors, binary, max_rows)
     if _is_matrix(tensors, signature):
         tensor = tensors[0]
-        batch = _matrix_batch(tensor, arrays[tensor.name], signature)
-    else:
-        batch = _column_batch(tensors, arrays, signature)
-    return InferRequest(batch=batch, outputs=outputs, id=request_id, binary_outputs=binary_outputs)
+        return _matrix_batch(tensor, arrays[tensor.name], signature)
+    return _column_batch(tensors, arrays, signature)
 
 
-def _parameters(value: Any, where: str) -> dict[str, Any]:
+def checked_parameters(value: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` object, its content_type (if any) one this server reads."""
     if not isinstance(value, dict):
         raise BadRequest(f"{where} must be an object")
     content_type = value.get("content_type")
@@ -121,7 +131,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def _describe(tensor: Any, index: int) -> _Tensor:
+def _describe(tensor: Any, index: int) -> Tensor:
     """One input's structure, checked."""
     where = f"inputs[{index}]"
     if not isinstance(tensor, dict):
@@ -135,15 +145,15 @@ def _describe(tensor: Any, index: int) -> _Tensor:
         raise BadRequest(f'{where} needs "shape": a list of non-negative integers')
     if not isinstance(tensor.get("datatype"), str):
         raise BadRequest(f'{where} needs a "datatype" string')
-    size = _parameters(tensor.get("parameters", {}), f"{where} parameters").get("binary_data_size")
+    size = checked_parameters(tensor.get("parameters", {}), f"{where} parameters").get("binary_data_size")
     if size is not None and (type(size) is not int or size < 0):
         raise BadRequest(f"{where} binary_data_size {size!r} is not a byte count")
     if size is None and not isinstance(tensor.get("data"), list):
         raise BadRequest(f'{where} needs "data": an array (or binary_data_size with binary data)')
-    return _Tensor(name, shape, tensor["datatype"], size, tensor.get("data"))
+    return Tensor(name, shape, tensor["datatype"], size, tensor.get("data"))
 
 
-def _decode_all(tensors: list[_Tensor], binary: bytes, max_rows: int) -> dict[str, np.ndarray]:
+def _decode_all(tensors: list[Tensor], binary: bytes, max_rows: int) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for tensor in tensors:
@@ -154,7 +164,9 @@ def _decode_all(tensors: list[_Tensor], binary: bytes, max_rows: int) -> dict[st
         if tensor.datatype not in DATATYPES:
             raise Unprocessable(f"{where} has datatype {tensor.datatype!r}; supported: {', '.join(DATATYPES)}")
         count = prod(tensor.shape)
-        if tensor.binary_size is not None:
+        if tensor.array is not None:
+            array = _typed(tensor.array, tensor.datatype, where) if tensor.datatype in NUMERIC_DTYPES else tensor.array
+        elif tensor.binary_size is not None:
             if offset + tensor.binary_size > len(binary):
                 raise BadRequest(f"{where} binary_data_size {tensor.binary_size} does not fit the binary section")
             chunk = binary[offset : offset + tensor.binary_size]
@@ -241,7 +253,7 @@ def _bytes_elements(chunk: bytes, count: int, where: str) -> np.ndarray:
     return out
 
 
-def _is_matrix(tensors: list[_Tensor], signature: Signature) -> bool:
+def _is_matrix(tensors: list[Tensor], signature: Signature) -> bool:
     """One tensor that is not a column of its own: the 2-D [rows, columns] form."""
     if len(tensors) != 1:
         return False
@@ -249,7 +261,7 @@ def _is_matrix(tensors: list[_Tensor], signature: Signature) -> bool:
     return tensor.name not in signature.by_name or (len(tensor.shape) == 2 and tensor.shape[1] > 1)
 
 
-def _matrix_batch(tensor: _Tensor, array: np.ndarray, signature: Signature) -> Batch:
+def _matrix_batch(tensor: Tensor, array: np.ndarray, signature: Signature) -> Batch:
     where = f"input '{tensor.name}'"
     if not signature.numeric:
         raise Unprocessable(
@@ -262,7 +274,7 @@ def _matrix_batch(tensor: _Tensor, array: np.ndarray, signature: Signature) -> B
     return Batch(rows=len(matrix), matrix=matrix)
 
 
-def _column_batch(tensors: list[_Tensor], arrays: dict[str, np.ndarray], signature: Signature) -> Batch:
+def _column_batch(tensors: list[Tensor], arrays: dict[str, np.ndarray], signature: Signature) -> Batch:
     """One tensor per column (shape [rows] or [rows, 1]), as pandas-codec clients send columns."""
     columns.check_names([t.name for t in tensors], signature, "inputs")
     checked: dict[str, np.ndarray] = {}
@@ -283,7 +295,7 @@ def _column_batch(tensors: list[_Tensor], arrays: dict[str, np.ndarray], signatu
     return Batch(rows=rows, columns=checked)
 
 
-def _requested_outputs(
+def requested_outputs(
     outputs: Any,
     available: Mapping[str, Output],
     default: tuple[str, ...],
@@ -308,7 +320,7 @@ def _requested_outputs(
         if name in names:
             raise BadRequest(f"output '{name}' is requested twice")
         names.append(name)
-        params = _parameters(output.get("parameters", {}), f"outputs[{index}] parameters")
+        params = checked_parameters(output.get("parameters", {}), f"outputs[{index}] parameters")
         if params.get("binary_data", all_binary):
             binary.add(name)
     return tuple(names), binary
@@ -330,7 +342,7 @@ def encode_response(
         output: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(values.shape)}
         parameters = dict(spec.parameters)
         if name in request.binary_outputs:
-            chunk = _to_binary(values, spec.datatype)
+            chunk = to_binary(values, spec.datatype)
             chunks.append(chunk)
             parameters["binary_data_size"] = len(chunk)
         else:
@@ -344,7 +356,7 @@ def encode_response(
     return response, b"".join(chunks)
 
 
-def _to_binary(values: np.ndarray, datatype: str) -> bytes:
+def to_binary(values: np.ndarray, datatype: str) -> bytes:
     if datatype == BYTES:
         parts = []
         for value in values.ravel():
