@@ -311,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import revisions
 
         return revisions.main(argv[1:])
+    if argv[:1] == ["--grpc"]:
+        from bench import grpc_load
+
+        return grpc_load.main(argv[1:])
     if argv[:1] == ["--drift-floor"]:
         from bench import drift_floor
 

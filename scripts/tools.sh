@@ -6,6 +6,7 @@
 #
 #   scripts/tools.sh            install what is missing
 #   scripts/tools.sh --check    report what is missing, install nothing (exit 1 if anything is)
+#   scripts/tools.sh --bench    also the benchmark's own tools (ghz, the gRPC load driver of scripts/bench --grpc)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,11 +29,16 @@ TOOLS=(
   # kube-score scores the rendered chart (scripts/validate, scorers/kube-score.yaml).
   "kube-score|github.com/zegl/kube-score/cmd/kube-score|v1.20.0|-X main.version=1.20.0"
 )
+# Only for scripts/bench --grpc, so CI and a plain setup do not build them.
+BENCH_TOOLS=(
+  "ghz|github.com/bojand/ghz/cmd/ghz|v0.93.0|-X main.version=0.93.0"
+)
 
 check_only=false
 case "${1:-}" in
   --check) check_only=true ;;
-  -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --bench) TOOLS+=("${BENCH_TOOLS[@]}") ;;
+  -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "tools.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac

@@ -241,6 +241,18 @@ Checks the schema cannot express. Each failure names the values involved.
 */}}
 {{- define "model-server.validateValues" -}}
 {{- $v := .Values }}
+{{- if and $v.grpc.enabled (has (int $v.grpc.containerPort) (list (int $v.containerPort) (int (include "model-server.healthPort" .)))) }}
+{{- fail (printf "grpc.containerPort %d is already containerPort or healthPort: give gRPC a port of its own" (int $v.grpc.containerPort)) }}
+{{- end }}
+{{- if and $v.grpc.enabled (has (int $v.grpc.servicePort) (list (int $v.service.port) (int (include "model-server.healthPort" .)))) }}
+{{- fail (printf "grpc.servicePort %d is already the Service's port or its health port: give gRPC a port of its own" (int $v.grpc.servicePort)) }}
+{{- end }}
+{{- if and $v.grpc.probes (not $v.grpc.enabled) }}
+{{- fail "grpc.probes needs grpc.enabled: the probes call the gRPC port" }}
+{{- end }}
+{{- if and $v.grpc.probes $v.tls.enabled }}
+{{- fail "grpc.probes cannot work with tls.enabled: kubelet's gRPC probes speak no TLS; keep the HTTPS probes (grpc.probes=false)" }}
+{{- end }}
 {{- if and (eq $v.model.mode "pvc") (not $v.model.pvc.size) }}
 {{- fail "model.mode=pvc needs model.pvc.size (e.g. 1Gi)" }}
 {{- end }}

@@ -151,7 +151,7 @@ def test_network_policy_admits_the_gateway_the_scraper_the_test_pod_and_extra_ru
     extra = server_policy(template("chart/ci/pvc-values.yaml"))["spec"]
     # Callers reach the serving port; the scraper only the health port, where /metrics is; then extraIngress.
     callers, scraper, extra_rule = extra["ingress"]
-    assert callers["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert callers["ports"] == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
     assert scraper == {
         "from": [
             {

@@ -97,17 +97,25 @@ def test_a_new_chart_version_alone_does_not_roll_the_pods(defaults, tmp_path):
 
 
 def test_port_is_parameterized_end_to_end():
-    docs = template(sets=("containerPort=9090", "healthPort=9091", "service.port=8081", "service.portName=api"))
+    docs = template(
+        sets=(
+            "containerPort=9090", "healthPort=9091", "service.port=8081", "service.portName=api",
+            "grpc.containerPort=9092", "grpc.servicePort=9093",
+        )
+    )  # fmt: skip
     server = container(docs)
     assert server["ports"] == [
         {"name": "http", "containerPort": 9090, "protocol": "TCP"},
         {"name": "health", "containerPort": 9091, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 9092, "protocol": "TCP"},
     ]
     assert server["readinessProbe"]["httpGet"]["port"] == "health"
     assert one(docs, "ConfigMap")["data"]["PORT"] == "9090"
     assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "9091"
-    api, health = one(docs, "Service")["spec"]["ports"]
+    api, grpc, health = one(docs, "Service")["spec"]["ports"]
     assert (api["name"], api["port"], api["targetPort"]) == ("api", 8081, "http")
+    assert (grpc["name"], grpc["port"], grpc["targetPort"]) == ("grpc", 9093, "grpc")
+    assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_GRPC_PORT"] == "9092"
     assert (health["name"], health["port"], health["targetPort"]) == ("health", 9091, "health")
     assert "8081" in one(docs, "Pod")["spec"]["containers"][0]["args"][0]
 
@@ -118,10 +126,10 @@ def test_without_a_health_port_probes_and_scrapes_use_the_serving_port(sets):
     # for them: the chart then renders none.
     docs = template(sets=(*sets, "serviceMonitor.enabled=true"))
     server = container(docs)
-    assert [port["name"] for port in server["ports"]] == ["http"]
+    assert [port["name"] for port in server["ports"]] == ["http", "grpc"]
     assert server["livenessProbe"]["httpGet"]["port"] == "http"
     assert one(docs, "ConfigMap")["data"]["MODEL_SERVER_HEALTH_PORT"] == "0"
-    assert [port["name"] for port in one(docs, "Service")["spec"]["ports"]] == ["http"]
+    assert [port["name"] for port in one(docs, "Service")["spec"]["ports"]] == ["http", "grpc"]
     assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "http"
 
 
@@ -224,7 +232,8 @@ def test_network_policy_denies_everything_but_listed_sources():
     (policy,) = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "rel-model-server"]
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     rule = policy["spec"]["ingress"][0]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    # Callers reach REST and the gRPC binding alike; nothing else.
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]
     namespaces = [
         s["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for s in rule["from"]
@@ -304,3 +313,35 @@ def test_configmap_sets_every_server_setting(defaults):
     expected = {field.env for name, field in FIELDS.items() if name != "metrics_dir"}
     assert expected <= set(data), sorted(expected - set(data))
     assert data["MODEL_SERVER_WORKER_CLASS"] == "gevent"
+
+
+def test_grpc_is_served_on_a_named_port_through_the_service_by_default(defaults):
+    server = container(defaults)
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in server["ports"]
+    assert one(defaults, "ConfigMap")["data"]["MODEL_SERVER_GRPC_PORT"] == "8081"
+    service = one(defaults, "Service")["spec"]["ports"]
+    assert {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"} in service
+    off = template(sets=("grpc.enabled=false",))
+    assert one(off, "ConfigMap")["data"]["MODEL_SERVER_GRPC_PORT"] == "0"
+    assert "grpc" not in [port["name"] for port in one(off, "Service")["spec"]["ports"]]
+    assert "grpc" not in [port["name"] for port in container(off)["ports"]]
+
+
+def test_grpc_probes_call_the_health_service_by_name():
+    server = container(template(sets=("grpc.probes=true",)))
+    assert server["startupProbe"]["grpc"] == {"port": 8081, "service": "liveness"}
+    assert server["livenessProbe"]["grpc"] == {"port": 8081, "service": "liveness"}
+    assert server["readinessProbe"]["grpc"] == {"port": 8081, "service": "readiness"}
+    assert "httpGet" not in server["readinessProbe"]
+
+
+def test_a_grpcroute_joins_the_httproute_on_the_same_gateway():
+    docs = template("chart/ci/existing-claim-values.yaml")
+    route, http = one(docs, "GRPCRoute"), one(docs, "HTTPRoute")
+    assert route["spec"]["parentRefs"] == http["spec"]["parentRefs"]
+    assert route["spec"]["rules"][0]["matches"] == [
+        {"method": {"type": "Exact", "service": "inference.GRPCInferenceService"}}
+    ]
+    service = http["spec"]["rules"][0]["backendRefs"][0]["name"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": service, "port": 8081}]
+    assert by_kind(template("chart/ci/existing-claim-values.yaml", sets=("grpc.enabled=false",)), "GRPCRoute") == []

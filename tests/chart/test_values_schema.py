@@ -98,6 +98,11 @@ def test_schema_rejects_bad_values_naming_the_key(tmp_path, binary, values_text,
             ),
             "set verticalPodAutoscaler.updateMode to Off",
         ),
+        (("grpc.containerPort=8080",), "grpc.containerPort 8080 is already containerPort or healthPort"),
+        (("grpc.containerPort=8082",), "grpc.containerPort 8082 is already containerPort or healthPort"),
+        (("grpc.enabled=false", "grpc.probes=true"), "grpc.probes needs grpc.enabled"),
+        (("service.port=8081",), "grpc.servicePort 8081 is already the Service's port"),
+        (("grpc.probes=true", "tls.enabled=true"), "kubelet's gRPC probes speak no TLS"),
     ],
 )
 def test_cross_field_checks_fail_with_a_clear_message(sets, fragment):
