@@ -4,7 +4,10 @@ TLS, health, request IDs and metrics; several workers sharing the port in a slow
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from model_server.core import artifact
 from model_server.transport.rpc import messages
 from msops import local, protos
 from msops.pki import CA, SecretDir
+
+from tests.conftest import ROOT
 
 from .conftest import ROWS
 from .test_security import write_tokens
@@ -89,6 +94,26 @@ def refusal(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
 
 def test_the_checked_in_descriptor_set_is_compiled_from_the_protos():
     assert protos.DESCRIPTORS.read_bytes() == protos.compile_descriptors(), "stale: run scripts/protos"
+
+
+def test_what_the_master_loads_never_imports_grpc(artifact_dir, tmp_path):
+    # gRPC does not survive a fork: the master (gunicorn.conf.py, then the preloaded app) must not import it,
+    # only each worker after the fork (post_worker_init). A positive control: the worker's module does.
+    check = (
+        "import runpy, sys\n"
+        "runpy.run_path('gunicorn.conf.py')\n"
+        "from model_server.transport.app import create_app\n"
+        "create_app()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('grpc', 'model_server.transport.rpc'))))\n"
+        "from model_server.transport.rpc import service\n"
+        "print('grpc' in sys.modules)\n"
+    )
+    env = {**os.environ, **grpc_env(artifact_dir), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    run = subprocess.run(
+        [sys.executable, "-c", check], cwd=ROOT / "image", env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["[]", "True"], run.stdout
 
 
 # ---- tritonclient.grpc, unchanged ---------------------------------------------------------------------
