@@ -63,6 +63,8 @@ SOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "config/crd/standard/gateway.networking.k8s.io_gatewayclasses.yaml",
             "config/crd/standard/gateway.networking.k8s.io_gateways.yaml",
             "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
+            # The chart's GRPCRoute, rendered beside the HTTPRoute when gRPC is on (its default).
+            "config/crd/standard/gateway.networking.k8s.io_grpcroutes.yaml",
         ),
     ),
 )

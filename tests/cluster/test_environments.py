@@ -223,7 +223,8 @@ def test_gitops_manifests_pass_server_side_dry_run(kube: Kube):
 
 
 def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path):
-    """Helm 4 installs too; the Gateway API HTTPRoute (off in every environment) is accepted with its CRD."""
+    """Helm 4 installs too; the Gateway API HTTPRoute and GRPCRoute (off in every environment) are accepted with
+    their CRDs."""
     dev = DECL.get("dev")
     release = dev.releases[0]
     namespace = f"{dev.namespace}-helm4"
@@ -254,5 +255,7 @@ def test_helm4_installs_the_chart_with_an_http_route(kube: Kube, tmp_path: Path)
     )
     routes = kube.json("get", "httproute", "-n", namespace)["items"]
     assert [r["spec"]["hostnames"] for r in routes] == [["model.dev.example.com"]]
+    grpc_routes = kube.json("get", "grpcroute", "-n", namespace)["items"]
+    assert [r["spec"]["hostnames"] for r in grpc_routes] == [["model.dev.example.com"]]
     assert kube.events(namespace, "FailedCreate") == []
     kube.helm("uninstall", release.name, "-n", namespace, "--wait", binary="helm4")
