@@ -63,8 +63,8 @@ def test_egress_filtering_off_leaves_egress_to_extra_egress_alone():
     assert policies(off)["rel-model-server-test"]["policyTypes"] == ["Ingress"]
 
 
-def test_the_test_pod_admits_nothing_and_reaches_dns_and_the_server_port():
-    test = policies("containerPort=9000")["rel-model-server-test"]
+def test_the_test_pod_admits_nothing_and_reaches_dns_and_the_server_ports():
+    test = policies("containerPort=9000", "grpc.containerPort=9001")["rel-model-server-test"]
     assert test["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/instance": "rel",
         "app.kubernetes.io/component": "test",
@@ -72,8 +72,12 @@ def test_the_test_pod_admits_nothing_and_reaches_dns_and_the_server_port():
     assert test["policyTypes"] == ["Ingress", "Egress"]
     assert test["ingress"] == []
     server_pods = {"matchLabels": {"app.kubernetes.io/name": "model-server", "app.kubernetes.io/instance": "rel"}}
-    # The Service's port is 80, but the policy sees the connection after the Service forwarded it.
-    assert test["egress"] == [DNS, {"to": [{"podSelector": server_pods}], "ports": [{"port": 9000, "protocol": "TCP"}]}]
+    # The Service's ports are 80 and 8081, but the policy sees the connection after the Service forwarded it:
+    # the smoke check calls REST and gRPC (before gRPC was admitted here, the helm test failed on it).
+    ports = [{"port": 9000, "protocol": "TCP"}, {"port": 9001, "protocol": "TCP"}]
+    assert test["egress"] == [DNS, {"to": [{"podSelector": server_pods}], "ports": ports}]
+    rest_only = policies("containerPort=9000", "grpc.enabled=false")["rel-model-server-test"]
+    assert rest_only["egress"][1]["ports"] == [{"port": 9000, "protocol": "TCP"}]
     assert "rel-model-server-test" not in policies("tests.enabled=false")
 
 

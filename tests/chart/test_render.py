@@ -301,7 +301,14 @@ def test_helm_test_pod_checks_the_service_and_runs_as_argocd_post_sync(defaults)
     assert annotations["argocd.argoproj.io/hook"] == "PostSync"
     smoke = pod["spec"]["containers"][0]
     assert smoke["command"] == ["python3", "-m", "model_server.smoke"]
-    assert smoke["args"] == ["--url=http://rel-model-server:80", "--expect-from=/models/default"]
+    assert smoke["args"] == [
+        "--url=http://rel-model-server:80",
+        "--grpc=rel-model-server:8081",
+        "--expect-from=/models/default",
+    ]
+    # Without gRPC the test checks REST alone.
+    rest_only = one(template(sets=("grpc.enabled=false",)), "Pod")["spec"]["containers"][0]["args"]
+    assert rest_only == ["--url=http://rel-model-server:80", "--expect-from=/models/default"]
     assert not by_kind(template(sets=("tests.enabled=false",)), "Pod")
 
 

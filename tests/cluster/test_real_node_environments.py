@@ -78,6 +78,13 @@ class Installed:
         return self.env.namespace
 
     @property
+    def grpc_target(self) -> str:
+        """The release's gRPC port through its Service by DNS name (empty when gRPC is off)."""
+        if not self.values["grpc"]["enabled"]:
+            return ""
+        return f"{self.service}.{self.namespace}.svc.cluster.local:{self.values['grpc']['servicePort']}"
+
+    @property
     def url(self) -> str:
         scheme = "https" if self.values["tls"]["enabled"] else "http"
         return f"{scheme}://{self.service}.{self.namespace}.svc.cluster.local:{self.port}"
@@ -293,8 +300,11 @@ def test_helm_test_passes_under_the_environment_network_policy(real_kube: Kube, 
 
 
 def _smoke_script(installed: Installed) -> str:
-    """The image's smoke check against the Service by DNS name, compared with the artifact the release serves."""
+    """The image's smoke check against the Service by DNS name, compared with the artifact the release serves;
+    the gRPC port too, answering the same rows (over the same TLS and token where the release asks for them)."""
     argv = ["--url", installed.url, "--expect-from", installed.artifact]
+    if installed.grpc_target:
+        argv += ["--grpc", installed.grpc_target]
     if installed.secured:
         argv += ["--ca-file", "/etc/e2e/ca/ca.crt", "--token-file", "/etc/e2e/token/token"]
     run = f"wait_reachable({installed.url!r})\nsys.exit(smoke.main({argv!r}))\n"
@@ -302,10 +312,15 @@ def _smoke_script(installed: Installed) -> str:
 
 
 def test_a_prediction_through_the_service_by_dns_name_matches_the_model(real_kube: Kube, installed: Installed):
+    """REST (V1, V2) and gRPC, through the Service by DNS name from a namespace the policy admits."""
     pod = installed.client("predict", installed.allowed_namespace, _smoke_script(installed))
     phase, logs = run_client(real_kube, pod)
     assert phase == "Succeeded", logs
-    assert logs.strip().splitlines()[-1].startswith("ok: "), logs
+    verdict = logs.strip().splitlines()[-1]
+    print(verdict)
+    assert verdict.startswith("ok: "), logs
+    assert installed.grpc_target, "every environment serves gRPC (the chart's default)"
+    assert f"gRPC {installed.grpc_target} answered the same" in verdict, logs
 
 
 PROBE = """
@@ -523,3 +538,49 @@ def test_hpa_scales_up_on_real_cpu_and_back_down(real_kube: Kube, installed: Ins
         detail=lambda: json.dumps(hpa()["status"]),
     )
     assert peak > scaling["minReplicas"]
+
+
+GRPC_CHECKS = re.compile(
+    r'^model_server_requests_total\{[^}]*route="/grpc\.health\.v1\.Health/Check"[^}]*\} (\S+)$', re.M
+)
+
+
+def _grpc_checks_served(kube: Kube, installed: Installed, pod: str) -> float:
+    """How many grpc.health.v1 Check calls the pod's server has answered (its own request counter)."""
+    port = installed.values["healthPort"] or installed.values["containerPort"]
+    script = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+    text = kube.kubectl("exec", pod, "-n", installed.namespace, "-c", "server", "--", "python3", "-c", script)
+    return sum(float(value) for value in GRPC_CHECKS.findall(text))
+
+
+def test_kubelets_grpc_probes_keep_the_pods_ready(real_kube: Kube, installed: Installed):
+    """grpc.probes: kubelet's own gRPC probes (grpc.health.v1, services liveness and readiness) in place of the
+    HTTP GETs; the new pods become Ready on them, stay up, and the server counts kubelet's calls as they come."""
+    if installed.values["tls"]["enabled"]:
+        pytest.skip("kubelet's gRPC probes speak no TLS: the chart refuses grpc.probes with tls.enabled (tests/chart)")
+    if installed.release != installed.env.releases[0]:
+        pytest.skip(
+            f"the probes are the chart's, the same for every model: proved on {installed.env.releases[0].model}"
+        )
+    before = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+    real_kube.helm("upgrade", *installed.helm_args(), "--set", "grpc.probes=true", "--wait", "--timeout", "4m")
+    wait_pods_gone(real_kube, installed.namespace, before)
+    running = [p for p in pods(real_kube, installed) if ready(p)]
+    assert running, "no Ready pod after the upgrade to gRPC probes"
+    readiness = installed.values["probes"]["readiness"]
+    for pod in running:
+        container = next(c for c in pod["spec"]["containers"] if c["name"] == "server")
+        assert container["readinessProbe"]["grpc"]["service"] == "readiness", container["readinessProbe"]
+        assert container["livenessProbe"]["grpc"]["service"] == "liveness", container["livenessProbe"]
+        assert "httpGet" not in container["readinessProbe"]
+        status = next(s for s in pod["status"]["containerStatuses"] if s["name"] == "server")
+        assert status["ready"], status
+        assert status["restartCount"] == 0, status
+        name = pod["metadata"]["name"]
+        first = _grpc_checks_served(real_kube, installed, name)
+        time.sleep(2 * readiness["periodSeconds"] + 1)
+        later = _grpc_checks_served(real_kube, installed, name)
+        print(f"{name}: {first:.0f} then {later:.0f} gRPC health checks served")
+        assert first > 0, "kubelet's gRPC probes did not reach the server"
+        assert later > first, "kubelet's gRPC probes stopped"
+        assert ready(real_kube.json("get", "pod", name, "-n", installed.namespace)), f"{name} left Ready"

@@ -11,9 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from model_server import fetch, smoke, train
+from model_server import fetch, smoke, tokens, train
 from model_server.core import artifact
 from model_server.errors import ArtifactError
+from msops import local
+from msops.pki import CA
+
+from .test_security import write_tokens
 
 
 @pytest.fixture
@@ -120,3 +124,69 @@ def test_smoke_waits_for_a_server_that_is_not_reachable_yet(start_server, artifa
     server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir)}, wait=False)
     assert smoke.main(["--url", server.url, "--wait", "30"]) == 0
     assert "ok: model diabetes v1" in capsys.readouterr().out
+
+
+# ---- the gRPC binding, beside REST ----------------------------------------------------------------------
+
+
+def grpc_server(start_server, model_dir: Path, client: dict | None = None, **extra: str):
+    env = {"MODEL_SERVER_MODEL_DIR": str(model_dir), "MODEL_SERVER_GRPC_PORT": str(local.free_port()), **extra}
+    server = start_server(env, client=client)
+    return server, f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}"
+
+
+def test_smoke_checks_grpc_answers_what_rest_answers(start_server, artifact_dir, capsys):
+    server, target = grpc_server(start_server, artifact_dir)
+    assert smoke.main(["--url", server.url, "--grpc", target, "--expect-from", str(artifact_dir)]) == 0
+    assert f"gRPC {target} answered the same" in capsys.readouterr().out
+
+
+def test_smoke_checks_grpc_with_text_columns_and_nulls(start_server, penguins_dir, capsys):
+    # penguins' second row has its nullable text columns null: the typed BYTES field cannot carry a null,
+    # so gRPC is asked the rows it can carry and compared with V2's answer to the same rows.
+    server, target = grpc_server(start_server, penguins_dir)
+    assert smoke.main(["--url", server.url, "--grpc", target]) == 0
+    assert f"gRPC {target} answered the same" in capsys.readouterr().out
+
+
+def test_smoke_fails_when_grpc_answers_differently_from_rest(start_server, artifact_dir, tmp_path, capsys):
+    # The same signature, another model behind the gRPC port: the answers differ and smoke says so.
+    other = tmp_path / "other"
+    model, metadata = train.train("diabetes", "ridge")
+    artifact.save(model, metadata, other)
+    rest = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir)})
+    _, target = grpc_server(start_server, other)
+    assert smoke.main(["--url", rest.url, "--grpc", target]) == 1
+    err = capsys.readouterr().err
+    assert f"gRPC {target} answered predict" in err
+    assert ", V2 [" in err
+
+
+def test_smoke_checks_grpc_over_tls_with_a_token_and_names_a_refusal(
+    start_server, artifact_dir, tmp_path, capsys, monkeypatch
+):
+    ca = CA(tmp_path / "pki")
+    pair = ca.issue("server", hosts=("127.0.0.1", "localhost"))
+    made = write_tokens(tmp_path / "tokens", ("smoke", "*"))
+    (tmp_path / "token").write_text(made["smoke"] + "\n")
+    (tmp_path / "wrong").write_text(tokens.new_token() + "\n")
+    server, target = grpc_server(
+        start_server,
+        artifact_dir,
+        client={"verify": str(ca.cert), "headers": {"Authorization": f"Bearer {made['smoke']}"}},
+        MODEL_SERVER_TLS_CERT_FILE=str(pair.cert),
+        MODEL_SERVER_TLS_KEY_FILE=str(pair.key),
+        MODEL_SERVER_AUTH_TOKENS_FILE=str(tmp_path / "tokens"),
+    )
+    secured = ["--url", server.url, "--grpc", target, "--ca-file", str(ca.cert)]
+    assert smoke.main([*secured, "--token-file", str(tmp_path / "token")]) == 0
+    assert f"gRPC {target} answered the same" in capsys.readouterr().out
+    # The gRPC check goes through the server's auth: an unknown token is refused there, by name.
+    meta = smoke.call(f"{server.url}/v2/models/diabetes")
+    monkeypatch.setattr(smoke, "CREDENTIALS", smoke.Credentials(str(ca.cert), str(tmp_path / "wrong")))
+    with pytest.raises(smoke.SmokeFailure, match=f"gRPC {target} answered UNAUTHENTICATED: "):
+        smoke.check_grpc(target, "diabetes", meta, smoke.rows_from_metadata(meta), "predict", [])
+    # Nothing on the gRPC port: the failure names it.
+    closed = f"127.0.0.1:{local.free_port()}"
+    assert smoke.main([*secured[:2], "--grpc", closed, *secured[4:], "--token-file", str(tmp_path / "token")]) == 1
+    assert f"gRPC {closed} answered UNAVAILABLE" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 from model_server.core import artifact
+from model_server.transport.rpc import client as rpc_client
 from model_server.transport.rpc import messages
 from msops import local, protos
 from msops.pki import CA, SecretDir
@@ -28,7 +29,7 @@ from .test_security import write_tokens
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402 - after the importorskip
 
-INFER = "/inference.GRPCInferenceService/ModelInfer"
+INFER = rpc_client.INFER
 
 
 def grpc_env(model_dir: Path | str, **extra: str) -> dict[str, str]:
@@ -39,27 +40,7 @@ def grpc_port(server) -> int:
     return int(server.env["MODEL_SERVER_GRPC_PORT"])
 
 
-class Call:
-    """One method of the server's services over a plain channel, with the server's own message classes."""
-
-    def __init__(self, channel: grpc.Channel, path: str) -> None:
-        service, method = path.strip("/").rsplit("/", 1)
-        request_class, response_class = messages.methods(service)[method]
-        self.request_class = request_class
-        self.stub = channel.unary_unary(
-            path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_class.FromString
-        )
-        self.raw_stub = channel.unary_unary(
-            path, request_serializer=lambda b: b, response_deserializer=response_class.FromString
-        )
-
-    def __call__(self, request=None, metadata=(), raw: bytes | None = None):
-        """(response, trailing metadata as a dict); grpc.RpcError on a refusal."""
-        if raw is not None:  # bytes sent as they are: a message that may not even parse
-            response, call = self.raw_stub.with_call(raw, metadata=metadata, timeout=10)
-        else:
-            response, call = self.stub.with_call(request or self.request_class(), metadata=metadata, timeout=10)
-        return response, dict(call.trailing_metadata() or ())
+Call = rpc_client.Method  # one method of the server's services, with the server's own message classes
 
 
 @pytest.fixture

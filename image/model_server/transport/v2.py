@@ -217,6 +217,12 @@ def _typed(array: np.ndarray, datatype: str, where: str) -> np.ndarray:
     return array.astype(dtype) if dtype != np.float64 else array
 
 
+def from_binary(chunk: bytes, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """A tensor's binary data (the binary extension, gRPC's raw contents) as a flat array; Unprocessable,
+    naming ``where``, when the bytes do not hold ``shape`` of ``datatype``."""
+    return _from_binary(chunk, datatype, prod(shape), shape, where)
+
+
 def _from_binary(chunk: bytes, datatype: str, count: int, shape: list[int], where: str) -> np.ndarray:
     if datatype == BYTES:
         return _bytes_elements(chunk, count, where)
