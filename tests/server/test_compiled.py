@@ -13,7 +13,13 @@ from model_server.core.runner import ModelRunner
 from model_server.errors import Unprocessable
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer, make_column_selector
-from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -118,6 +124,24 @@ PIPELINES = {
                     ),
                 ),
                 ("m", RandomForestRegressor(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_REG,
+    ),
+    "one-hot + gradient boosting (three classes)": (
+        lambda: Pipeline(
+            [
+                ("p", ct(impute_then(OneHotEncoder(handle_unknown="ignore")))),
+                ("m", GradientBoostingClassifier(n_estimators=20, random_state=0)),
+            ]
+        ),
+        Y_THREE,
+    ),
+    "ordinal + gradient boosting regressor (huber)": (
+        lambda: Pipeline(
+            [
+                ("p", ct(impute_then(OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)))),
+                ("m", GradientBoostingRegressor(loss="huber", n_estimators=25, random_state=0)),
             ]
         ),
         Y_REG,
@@ -284,6 +308,52 @@ def test_forests_fitted_on_a_dataframe_take_the_compiled_path_and_answer_as_scik
         rows = frame.sample(40, random_state=3)
         for output, values in runner.run(batch_from(rows, signature), methods_of(runner)).items():
             assert np.array_equal(values, getattr(model, output)(rows)), output
+
+
+def test_gradient_boosting_fitted_on_a_dataframe_is_compiled_and_answers_bit_for_bit():
+    rng = np.random.default_rng(12)
+    frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
+    score = frame["a"] + frame["b"] ** 2
+    for model in (
+        GradientBoostingRegressor(n_estimators=40, random_state=0).fit(frame, score),
+        GradientBoostingRegressor(loss="quantile", alpha=0.9, n_estimators=20, random_state=0).fit(frame, score),
+        GradientBoostingClassifier(n_estimators=30, random_state=0).fit(frame, score > 1),
+        GradientBoostingClassifier(loss="exponential", n_estimators=20, random_state=0).fit(frame, score > 1),
+        GradientBoostingClassifier(n_estimators=15, random_state=0).fit(frame, np.digitize(score, [0, 1, 3])),
+    ):
+        runner, signature = runner_for(model, frame)
+        assert runner.description.path == f"compiled {type(model).__name__}"
+        # 1 and 40 rows take the level-by-level walk, 300 each tree's own apply: both sklearn's sums exactly
+        for count in (1, 40, 300):
+            rows = pd.DataFrame(rng.normal(size=(count, 3)) * 2, columns=frame.columns)
+            for output, values in runner.run(batch_from(rows, signature), methods_of(runner)).items():
+                assert np.array_equal(values, getattr(model, output)(rows)), (type(model).__name__, output, count)
+
+
+def test_compiled_gradient_boosting_refuses_what_scikit_learn_refuses():
+    rng = np.random.default_rng(13)
+    numbers = rng.normal(size=(200, 2))
+    model = GradientBoostingRegressor(n_estimators=10).fit(numbers, numbers[:, 0])
+    methods = compiled.gradient_boosting_methods(model)
+    for bad in (np.nan, np.inf, 1e39):  # 1e39 is infinite as the float32 both compare in
+        rows = numbers[:3].copy()
+        rows[1, 1] = bad
+        with pytest.raises(ValueError, match=r"(?i)infinity|NaN|too large"):
+            model.predict(rows)
+        with pytest.raises(Unprocessable, match="finite numbers only"):
+            methods["predict"](rows)
+    assert np.array_equal(methods["predict"](numbers[:3]), model.predict(numbers[:3]))  # the positive control
+
+
+def test_gradient_boosting_from_an_estimator_of_its_own_keeps_scikit_learns_path():
+    frame = X[["weight", "age"]].fillna(0)
+    model = GradientBoostingRegressor(init=Ridge(), n_estimators=10).fit(frame, Y_REG)
+    with pytest.raises(compiled.NotCompilable, match="started from Ridge"):
+        compiled.gradient_boosting_methods(model)
+    runner, signature = runner_for(model, frame)
+    assert not runner.description.path.startswith("compiled"), runner.description.path
+    rows = frame.head(5)
+    assert np.array_equal(runner.run(batch_from(rows, signature), ("predict",))["predict"], model.predict(rows))
 
 
 def _hist_gradient_boosting_cases():

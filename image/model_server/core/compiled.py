@@ -582,6 +582,71 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
     return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
 
 
+# ---- gradient boosting (the exact, non-histogram kind) ----------------------------------------------------
+
+
+def gradient_boosting_methods(model: Any) -> dict[str, Method]:
+    """GradientBoosting's predict, predict_proba and decision_function: every stage's leaf for all trees at once
+    (all_leaves), each leaf value times the learning rate added to the initial raw prediction stage by stage, as
+    predict_stages adds them, then the model's own link and classes. Only with the default initial estimator,
+    whose raw start is one constant row (computed here once). Inputs must be finite, as scikit-learn's input
+    check requires (its trees were never taught where a missing value goes)."""
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    if type(model) not in (GradientBoostingClassifier, GradientBoostingRegressor):
+        raise NotCompilable(f"{type(model).__name__} is not a GradientBoosting model")
+    if not (isinstance(model.init_, str) and model.init_ == "zero") and type(model.init_) not in (
+        DummyClassifier,
+        DummyRegressor,
+    ):
+        raise NotCompilable(f"GradientBoosting started from {type(model.init_).__name__}: its start depends on the row")
+    stages = np.asarray(model.estimators_)  # (stages, outputs) regression trees
+    outputs = stages.shape[1]
+    with warnings.catch_warnings():  # a frame-fitted model's trees were fitted on its array: no names to warn of
+        warnings.simplefilter("ignore")
+        start = np.asarray(model._raw_predict_init(np.zeros((1, model.n_features_in_), np.float32)), np.float64)
+    by_output = []
+    for k in range(outputs):
+        trees = [estimator.tree_ for estimator in stages[:, k]]
+        # scale * leaf value, the product predict_stages forms before adding it
+        scaled = model.learning_rate * np.concatenate([np.asarray(tree.value)[:, 0, 0] for tree in trees])
+        by_output.append((all_leaves(trees), scaled, start[0, k]))
+
+    def raw(matrix: np.ndarray) -> np.ndarray:
+        x32 = np.ascontiguousarray(matrix, dtype=np.float32)
+        if not np.isfinite(x32).all():
+            raise Unprocessable(f"{type(model).__name__} takes finite numbers only: the input holds NaN or infinity")
+        out = np.empty((len(x32), outputs))
+        for k, (leaves, scaled, first) in enumerate(by_output):
+            added = scaled[leaves(x32)]  # (stages, rows)
+            # the start, then each stage in order: cumsum adds them one after another, as the trees' loop does
+            out[:, k] = np.cumsum(np.vstack([np.full((1, len(x32)), first), added]), axis=0)[-1]
+        return out
+
+    if outputs == 1 and not hasattr(model, "classes_"):
+
+        def predict_values(matrix: np.ndarray) -> np.ndarray:
+            return raw(matrix).ravel()
+
+        return {"predict": predict_values}
+    classes = np.asarray(model.classes_)
+
+    def decision_function(matrix: np.ndarray) -> np.ndarray:
+        scores = raw(matrix)
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict_proba(matrix: np.ndarray) -> np.ndarray:
+        return np.asarray(model._loss.predict_proba(decision_function(matrix)))
+
+    def predict(matrix: np.ndarray) -> np.ndarray:
+        scores = decision_function(matrix)
+        encoded = (scores >= 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
+        return classes.take(encoded, axis=0)
+
+    return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
+
+
 # ---- logistic regression -----------------------------------------------------------------------------
 
 
@@ -621,7 +686,7 @@ def logistic_methods(model: Any) -> dict[str, Method]:
 
 def final_methods(final: Any) -> tuple[dict[str, Method], str]:
     """Compiled methods of a Pipeline's final step where there are some, and how to name the path."""
-    for build in (forest_methods, hist_gradient_boosting_methods, logistic_methods):
+    for build in (forest_methods, hist_gradient_boosting_methods, gradient_boosting_methods, logistic_methods):
         try:
             return build(final), f"compiled {type(final).__name__}"
         except NotCompilable:
