@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn
 from model_server import package
 from model_server.config import MODEL_METHODS
 from model_server.core import compiled
@@ -23,7 +24,14 @@ from sklearn.ensemble import (
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    RobustScaler,
+    StandardScaler,
+)
 
 RNG = np.random.default_rng(11)
 N = 200
@@ -146,6 +154,47 @@ PIPELINES = {
         ),
         Y_REG,
     ),
+    "imputer flagging its missing values + arcsinh + robust scaler + logistic": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        SimpleImputer(strategy="constant", fill_value="none", add_indicator=True),
+                        make_pipeline(
+                            SimpleImputer(strategy="median", add_indicator=True),
+                            FunctionTransformer(np.arcsinh),  # log-like, defined for every probe value
+                            RobustScaler(quantile_range=(10, 90)),
+                        ),
+                    ),
+                ),
+                (
+                    "p2",
+                    ColumnTransformer([("s", OneHotEncoder(handle_unknown="ignore"), [0, 1])], remainder="passthrough"),
+                ),
+                ("m", LogisticRegression(max_iter=500)),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "every column flagged (features='all') + robust scaler without centering + forest": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        impute_then(OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)),
+                        make_pipeline(
+                            SimpleImputer(add_indicator=True, keep_empty_features=False),
+                            RobustScaler(with_centering=False),
+                        ),
+                    ),
+                ),
+                ("m", RandomForestRegressor(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_REG,
+    ),
     "scaler without mean + k-means": (
         lambda: Pipeline(
             [
@@ -252,11 +301,9 @@ def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled
     "encoder",
     [
         OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=60),
-        make_pipeline(
-            SimpleImputer(strategy="most_frequent", add_indicator=True), OneHotEncoder(handle_unknown="ignore")
-        ),
+        make_pipeline(FunctionTransformer(lambda block: block), OneHotEncoder(handle_unknown="ignore")),
     ],
-    ids=["infrequent categories", "missing indicator"],
+    ids=["infrequent categories", "a function that is not a numpy ufunc"],
 )
 def test_options_not_rebuilt_keep_scikit_learns_path(encoder):
     x = X.fillna({"shade": "mid"})
@@ -330,19 +377,21 @@ def test_gradient_boosting_fitted_on_a_dataframe_is_compiled_and_answers_bit_for
                 assert np.array_equal(values, getattr(model, output)(rows)), (type(model).__name__, output, count)
 
 
-def test_compiled_gradient_boosting_refuses_what_scikit_learn_refuses():
+def test_compiled_gradient_boosting_routes_nan_and_infinity_as_scikit_learn_does_when_serving():
+    # The server turns scikit-learn's input check off (assume_finite): its tree loop then sends NaN and infinity
+    # right at every split, and the compiled plan must do the same, not refuse them.
     rng = np.random.default_rng(13)
     numbers = rng.normal(size=(200, 2))
-    model = GradientBoostingRegressor(n_estimators=10).fit(numbers, numbers[:, 0])
+    model = GradientBoostingClassifier(n_estimators=10, random_state=0).fit(numbers, numbers[:, 0] > 0)
     methods = compiled.gradient_boosting_methods(model)
-    for bad in (np.nan, np.inf, 1e39):  # 1e39 is infinite as the float32 both compare in
-        rows = numbers[:3].copy()
-        rows[1, 1] = bad
-        with pytest.raises(ValueError, match=r"(?i)infinity|NaN|too large"):
-            model.predict(rows)
-        with pytest.raises(Unprocessable, match="finite numbers only"):
-            methods["predict"](rows)
-    assert np.array_equal(methods["predict"](numbers[:3]), model.predict(numbers[:3]))  # the positive control
+    rows = np.repeat(numbers[:4], 50, axis=0)  # 200 rows: each tree's own apply; 4: the level walk
+    rows[::3, 0] = np.nan
+    rows[1::3, 1] = np.inf
+    rows[2::5, 1] = 1e39  # infinite in the float32 both compare in
+    with sklearn.config_context(assume_finite=True), np.errstate(over="ignore"):
+        for batch in (rows, rows[:4]):
+            for name, method in methods.items():
+                assert np.array_equal(method(batch), getattr(model, name)(batch)), name
 
 
 def test_gradient_boosting_from_an_estimator_of_its_own_keeps_scikit_learns_path():

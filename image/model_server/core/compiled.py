@@ -86,9 +86,9 @@ def _as_float(block: Block) -> Block:
     return block if block.dtype == np.float64 else block.astype(np.float64)
 
 
-def _simple_imputer(imputer: Any) -> Step:
-    if imputer.add_indicator or not (isinstance(imputer.missing_values, float) and math.isnan(imputer.missing_values)):
-        raise NotCompilable("SimpleImputer with add_indicator or a missing_values other than NaN")
+def _simple_imputer(imputer: Any, names: list[str]) -> Stage:
+    if not (isinstance(imputer.missing_values, float) and math.isnan(imputer.missing_values)):
+        raise NotCompilable("SimpleImputer with a missing_values other than NaN")
     statistics = np.asarray(imputer.statistics_)
     if statistics.dtype.kind == "f" and np.isnan(statistics).any():
         raise NotCompilable("SimpleImputer with a feature that was empty when fitted")
@@ -112,7 +112,24 @@ def _simple_imputer(imputer: Any) -> Step:
                     column[i] = statistics[j]
         return _as_float(out) if numeric else out
 
-    return impute
+    if not imputer.add_indicator:
+        return _one_to_one(impute, names)
+    # add_indicator: after the imputed columns, one flag per column that had missing values when fitted (or
+    # every column, features="all"), taken from the input before imputing, as its MissingIndicator does.
+    indicator = imputer.indicator_
+    if indicator.sparse is True:
+        raise NotCompilable("SimpleImputer whose missing-value indicator is sparse")
+    flagged = np.asarray(indicator.features_, dtype=np.intp)
+
+    def impute_and_flag(block: Block) -> Block:
+        if block.dtype != object:
+            missing = np.isnan(_as_float(block))
+        else:
+            missing = np.array([[_is_missing(value) for value in row] for row in block], dtype=bool)
+            missing = missing.reshape(block.shape)
+        return np.hstack((impute(block), missing[:, flagged]))
+
+    return Stage(impute_and_flag, np.concatenate([np.arange(len(names)), flagged]))
 
 
 def _lookup(categories: np.ndarray) -> tuple[dict[Any, int], int | None]:
@@ -208,19 +225,41 @@ def _ordinal_encoder(encoder: Any, names: list[str]) -> Step:
     return encode
 
 
-def _standard_scaler(scaler: Any) -> Step:
-    mean = scaler.mean_ if scaler.with_mean else None
-    scale = scaler.scale_ if scaler.with_std else None
+def _shift_then_divide(shift: np.ndarray | None, divide: np.ndarray | None) -> Step:
+    """X - shift, then / divide: StandardScaler's and RobustScaler's transform, in their order."""
 
     def scale_block(block: Block) -> Block:
         out = _as_float(block).copy()
-        if mean is not None:
-            out -= mean
-        if scale is not None:
-            out /= scale
+        if shift is not None:
+            out -= shift
+        if divide is not None:
+            out /= divide
         return out
 
     return scale_block
+
+
+def _standard_scaler(scaler: Any) -> Step:
+    return _shift_then_divide(scaler.mean_ if scaler.with_mean else None, scaler.scale_ if scaler.with_std else None)
+
+
+def _robust_scaler(scaler: Any) -> Step:
+    return _shift_then_divide(
+        scaler.center_ if scaler.with_centering else None, scaler.scale_ if scaler.with_scaling else None
+    )
+
+
+def _function_transformer(function: Any) -> Step:
+    """A FunctionTransformer of a numpy ufunc (np.log1p, np.sqrt, ...): elementwise, so each output column is its
+    input column's; any other function may reshape or rename what it is given, and keeps scikit-learn's path."""
+    if not isinstance(function.func, np.ufunc) or function.validate:
+        raise NotCompilable("FunctionTransformer of a function other than a numpy ufunc, or with validate=True")
+    func, kwargs = function.func, dict(function.kw_args or {})
+
+    def apply(block: Block) -> Block:
+        return np.asarray(func(_as_float(block), **kwargs))
+
+    return apply
 
 
 def _min_max_scaler(scaler: Any) -> Step:
@@ -252,7 +291,14 @@ def transformer(estimator: Any, names: list[str]) -> Stage:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, OrdinalEncoder, StandardScaler
+    from sklearn.preprocessing import (
+        FunctionTransformer,
+        MinMaxScaler,
+        OneHotEncoder,
+        OrdinalEncoder,
+        RobustScaler,
+        StandardScaler,
+    )
 
     if estimator in ("passthrough", None):
         return _one_to_one(_identity, names)
@@ -260,6 +306,8 @@ def transformer(estimator: Any, names: list[str]) -> Stage:
     kind = type(estimator)
     if kind is FunctionTransformer and estimator.func is None and not estimator.validate:
         return _one_to_one(_identity, names)  # what a fitted ColumnTransformer keeps for remainder="passthrough"
+    if kind is SimpleImputer:
+        return _simple_imputer(estimator, names)
     if kind is Pipeline:
         return chain([step for _, step in estimator.steps], names)
     if kind is ColumnTransformer:
@@ -267,8 +315,9 @@ def transformer(estimator: Any, names: list[str]) -> Stage:
     if kind is OneHotEncoder:
         return _one_hot_encoder(estimator, names)
     builders: dict[type, Callable[[Any], Step]] = {
-        SimpleImputer: _simple_imputer,
         StandardScaler: _standard_scaler,
+        RobustScaler: _robust_scaler,
+        FunctionTransformer: _function_transformer,
         MinMaxScaler: _min_max_scaler,
         OrdinalEncoder: lambda e: _ordinal_encoder(e, names),
     }
@@ -589,8 +638,9 @@ def gradient_boosting_methods(model: Any) -> dict[str, Method]:
     """GradientBoosting's predict, predict_proba and decision_function: every stage's leaf for all trees at once
     (all_leaves), each leaf value times the learning rate added to the initial raw prediction stage by stage, as
     predict_stages adds them, then the model's own link and classes. Only with the default initial estimator,
-    whose raw start is one constant row (computed here once). Inputs must be finite, as scikit-learn's input
-    check requires (its trees were never taught where a missing value goes)."""
+    whose raw start is one constant row (computed here once). A NaN goes right at every split, as scikit-learn's
+    own loop sends it when its input check is off (the server's setting, model.configure_scikit_learn), whatever
+    the tree's missing_go_to_left (which all_leaves follows for NaN) says."""
     from sklearn.dummy import DummyClassifier, DummyRegressor
     from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
 
@@ -614,9 +664,11 @@ def gradient_boosting_methods(model: Any) -> dict[str, Method]:
         by_output.append((all_leaves(trees), scaled, start[0, k]))
 
     def raw(matrix: np.ndarray) -> np.ndarray:
-        x32 = np.ascontiguousarray(matrix, dtype=np.float32)
-        if not np.isfinite(x32).all():
-            raise Unprocessable(f"{type(model).__name__} takes finite numbers only: the input holds NaN or infinity")
+        with np.errstate(over="ignore"):  # past float32's range is infinity, as in scikit-learn's own cast
+            x32 = np.ascontiguousarray(matrix, dtype=np.float32)
+        missing = np.isnan(x32)
+        if missing.any():  # predict_stages compares NaN like any number: never <= a threshold, so right
+            x32 = np.where(missing, np.float32(np.inf), x32)
         out = np.empty((len(x32), outputs))
         for k, (leaves, scaled, first) in enumerate(by_output):
             added = scaled[leaves(x32)]  # (stages, rows)
