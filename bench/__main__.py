@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import grpc_load
 
         return grpc_load.main(argv[1:])
+    if argv[:1] == ["--compiled"]:
+        from bench import compiled_paths
+
+        return compiled_paths.main(argv[1:])
     if argv[:1] == ["--drift-floor"]:
         from bench import drift_floor
 

@@ -403,7 +403,7 @@ def _final_matrix(block: Block) -> np.ndarray:
 WALK_ROWS = 128  # measured: the level-by-level walk is faster than per-tree calls up to about here
 
 
-def all_leaves(trees: list[Any]) -> Callable[[np.ndarray], np.ndarray]:
+def all_leaves(trees: list[Any], walk_rows: int = WALK_ROWS) -> Callable[[np.ndarray], np.ndarray]:
     """Every tree's leaf for every row, walking all trees at once: (trees, rows) node ids into the
     trees' concatenated nodes. The walk is the trees' own ``apply``, level by level for the whole
     forest (one Python call per tree costs more than the walk for a few rows): the value as float32
@@ -426,7 +426,7 @@ def all_leaves(trees: list[Any]) -> Callable[[np.ndarray], np.ndarray]:
     def leaves(matrix: np.ndarray) -> np.ndarray:
         x32 = np.ascontiguousarray(matrix, dtype=np.float32)
         rows = len(x32)
-        if rows > WALK_ROWS:  # many rows: each tree's own Cython walk, one call per tree, is faster
+        if rows > walk_rows:  # many rows: each tree's own Cython walk, one call per tree, is faster
             return np.stack([tree.apply(x32) for tree in trees]) + offsets[:, None]
         node = np.repeat(offsets[:, None], rows, axis=1)
         row = np.broadcast_to(np.arange(rows), node.shape)
@@ -633,6 +633,10 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
 
 # ---- gradient boosting (the exact, non-histogram kind) ----------------------------------------------------
 
+# measured (100 depth-3 trees, diabetes): the level walk took 131 µs for 30 rows against the per-tree calls'
+# 191 µs, 251 µs for 64 rows against 211 µs; shallow trees make the per-tree calls pay sooner than a forest's
+GB_WALK_ROWS = 48
+
 
 def gradient_boosting_methods(model: Any) -> dict[str, Method]:
     """GradientBoosting's predict, predict_proba and decision_function: every stage's leaf for all trees at once
@@ -661,7 +665,7 @@ def gradient_boosting_methods(model: Any) -> dict[str, Method]:
         trees = [estimator.tree_ for estimator in stages[:, k]]
         # scale * leaf value, the product predict_stages forms before adding it
         scaled = model.learning_rate * np.concatenate([np.asarray(tree.value)[:, 0, 0] for tree in trees])
-        by_output.append((all_leaves(trees), scaled, start[0, k]))
+        by_output.append((all_leaves(trees, GB_WALK_ROWS), scaled, start[0, k]))
 
     def raw(matrix: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):  # past float32's range is infinity, as in scikit-learn's own cast
