@@ -195,6 +195,24 @@ PIPELINES = {
         ),
         Y_REG,
     ),
+    "one-hot with infrequent categories (min_frequency), unseen ones among them + logistic": (
+        lambda: Pipeline(
+            [
+                ("p", ct(impute_then(OneHotEncoder(min_frequency=60, handle_unknown="infrequent_if_exist")))),
+                ("m", LogisticRegression()),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "one-hot keeping two categories (max_categories), unseen ones ignored, NaN a category + forest": (
+        lambda: Pipeline(
+            [
+                ("p", ct(OneHotEncoder(max_categories=2, handle_unknown="ignore", sparse_output=False))),
+                ("m", RandomForestClassifier(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_THREE,
+    ),
     "scaler without mean + k-means": (
         lambda: Pipeline(
             [
@@ -300,10 +318,10 @@ def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled
 @pytest.mark.parametrize(
     "encoder",
     [
-        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=60),
+        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=60, drop="first"),
         make_pipeline(FunctionTransformer(lambda block: block), OneHotEncoder(handle_unknown="ignore")),
     ],
-    ids=["infrequent categories", "a function that is not a numpy ufunc"],
+    ids=["infrequent categories and drop", "a function that is not a numpy ufunc"],
 )
 def test_options_not_rebuilt_keep_scikit_learns_path(encoder):
     x = X.fillna({"shade": "mid"})

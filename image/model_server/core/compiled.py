@@ -155,8 +155,8 @@ def _codes(column: np.ndarray, table: dict[Any, int], nan_index: int | None) -> 
     return codes
 
 
-def _check_encoder(encoder: Any) -> None:
-    if getattr(encoder, "_infrequent_enabled", False):
+def _check_encoder(encoder: Any, infrequent: bool = False) -> None:
+    if getattr(encoder, "_infrequent_enabled", False) and not infrequent:
         raise NotCompilable(f"{type(encoder).__name__} with infrequent categories")
     if np.dtype(encoder.dtype) != np.float64:
         raise NotCompilable(f"{type(encoder).__name__} with dtype {encoder.dtype}")
@@ -172,16 +172,26 @@ def _unknown(encoder: Any, column: int, codes: np.ndarray, values: np.ndarray, n
 
 
 def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
-    _check_encoder(encoder)
+    _check_encoder(encoder, infrequent=True)
     if encoder.handle_unknown not in ("error", "ignore", "infrequent_if_exist"):
         raise NotCompilable(f"OneHotEncoder handle_unknown={encoder.handle_unknown!r}")
     lookups = [_lookup(np.asarray(c)) for c in encoder.categories_]
     drops = encoder.drop_idx_ if encoder.drop_idx_ is not None else [None] * len(lookups)
-    # Output columns per feature: every category but the dropped one.
-    widths = [len(c) - (d is not None) for c, d in zip(encoder.categories_, drops, strict=True)]
+    # min_frequency / max_categories: each feature's categories -> output column, the rare ones sharing the last
+    # (scikit-learn's own mapping, None for a feature with none rare); an unseen value joins them with
+    # handle_unknown="infrequent_if_exist".
+    mappings = list(getattr(encoder, "_default_to_infrequent_mappings", None) or [None] * len(lookups))
+    if any(m is not None for m in mappings) and any(d is not None for d in drops):
+        raise NotCompilable("OneHotEncoder with both infrequent categories and drop")
+    # Output columns per feature: every category but the dropped one, or the frequent ones and one for the rest.
+    widths = [
+        len(c) - (d is not None) if m is None else int(np.max(m)) + 1
+        for c, d, m in zip(encoder.categories_, drops, mappings, strict=True)
+    ]
     offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.intp)
     total = int(sum(widths))
     strict = encoder.handle_unknown == "error"
+    unknown_to_rare = encoder.handle_unknown == "infrequent_if_exist"
 
     def encode(block: Block) -> Block:
         rows = block.shape[0]
@@ -190,7 +200,10 @@ def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
             codes = _codes(block[:, j], table, nan_index)
             if strict and (codes < 0).any():
                 raise _unknown(encoder, j, codes, block[:, j], names)
-            drop = drops[j]
+            drop, mapping = drops[j], mappings[j]
+            if mapping is not None:
+                rare = widths[j] - 1
+                codes = np.where(codes >= 0, np.asarray(mapping)[codes], rare if unknown_to_rare else -1)
             keep = codes >= 0
             if drop is not None:
                 keep &= codes != drop
