@@ -627,18 +627,31 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
             return np.asarray(inverse(raw(matrix).ravel()))
 
         return {"predict": predict_values}
+    return _boosted_classifier(raw, model, zero_is_positive=False)
+
+
+def _boosted_classifier(
+    raw: Callable[[np.ndarray], np.ndarray], model: Any, zero_is_positive: bool
+) -> dict[str, Method]:
+    """decision_function, predict_proba and predict of a boosted classifier from ``raw`` (rows, outputs): the
+    model's own loss for probabilities, its classes for labels. A binary score of exactly 0 is the positive
+    class where ``zero_is_positive`` (GradientBoosting's ``>= 0``; HistGradientBoosting's ``> 0``)."""
     classes = np.asarray(model.classes_)
+    loss = model._loss
 
     def decision_function(matrix: np.ndarray) -> np.ndarray:
         scores = raw(matrix)
         return scores.ravel() if scores.shape[1] == 1 else scores
 
     def predict_proba(matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(model._loss.predict_proba(raw(matrix)))
+        return np.asarray(loss.predict_proba(decision_function(matrix)))
 
     def predict(matrix: np.ndarray) -> np.ndarray:
-        scores = raw(matrix)
-        encoded = (scores.ravel() > 0).astype(int) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
+        scores = decision_function(matrix)
+        if scores.ndim == 2:
+            encoded: np.ndarray = np.argmax(scores, axis=1)
+        else:
+            encoded = (scores >= 0 if zero_is_positive else scores > 0).astype(int)
         return classes.take(encoded, axis=0)
 
     return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
@@ -699,21 +712,7 @@ def gradient_boosting_methods(model: Any) -> dict[str, Method]:
             return raw(matrix).ravel()
 
         return {"predict": predict_values}
-    classes = np.asarray(model.classes_)
-
-    def decision_function(matrix: np.ndarray) -> np.ndarray:
-        scores = raw(matrix)
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict_proba(matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(model._loss.predict_proba(decision_function(matrix)))
-
-    def predict(matrix: np.ndarray) -> np.ndarray:
-        scores = decision_function(matrix)
-        encoded = (scores >= 0).astype(int) if scores.ndim == 1 else np.argmax(scores, axis=1)
-        return classes.take(encoded, axis=0)
-
-    return {"predict": predict, "predict_proba": predict_proba, "decision_function": decision_function}
+    return _boosted_classifier(raw, model, zero_is_positive=True)
 
 
 # ---- logistic regression -----------------------------------------------------------------------------
