@@ -87,8 +87,10 @@ control_socket_disable = True
 
 def child_exit(server, worker):
     from model_server import metrics
+    from model_server.core import outcomes
 
     metrics.worker_exited(worker.pid, metrics_dir)
+    outcomes.forget(worker.pid, metrics_dir)
 
 
 if settings.worker_class == "gevent":

@@ -345,6 +345,12 @@ Checks the schema cannot express. Each failure names the values involved.
 {{- fail "ingress.enabled with networkPolicy.enabled: the policy drops every request the ingress controller forwards; set networkPolicy.ingressControllerNamespace to the controller's namespace" }}
 {{- end }}
 {{- $resizing := list "Auto" "Recreate" "InPlaceOrRecreate" }}
+{{- if and $v.rollout.enabled $v.verticalPodAutoscaler.enabled (has $v.verticalPodAutoscaler.updateMode $resizing) }}
+{{- fail (printf "verticalPodAutoscaler.updateMode=%s with rollout.enabled: the VPA would evict the Rollout's pods mid-analysis and resize canary and stable apart, so their latencies no longer compare; set verticalPodAutoscaler.updateMode to Off" $v.verticalPodAutoscaler.updateMode) }}
+{{- end }}
+{{- if and $v.rollout.enabled (not $v.tests.enabled) }}
+{{- fail "rollout.enabled needs tests.enabled: the analysis Job calls the server as the test Pod does (its ServiceAccount, token and NetworkPolicy)" }}
+{{- end }}
 {{- if and $v.verticalPodAutoscaler.enabled (has $v.verticalPodAutoscaler.updateMode $resizing) $v.autoscaling.enabled (or $v.autoscaling.targetCPUUtilizationPercentage $v.autoscaling.targetMemoryUtilizationPercentage) }}
 {{- fail (printf "verticalPodAutoscaler.updateMode=%s resizes the requests the HPA's CPU/memory utilisation targets are measured against, so the two fight; set verticalPodAutoscaler.updateMode to Off (recommendations only) or turn autoscaling off" $v.verticalPodAutoscaler.updateMode) }}
 {{- end }}
@@ -433,4 +439,71 @@ whole Secrets and ConfigMaps as directories (not subPath), so kubelet's updates 
           items:
             - {key: ca.crt, path: ca.crt}
 {{- end }}
+{{- end }}
+
+{{/*
+The chart's own clients of the server (the helm test Pod, the rollout analysis Job): how they verify it
+(tls.caKey) and what they present (their ServiceAccount's projected token under auth.jwks, else the token in
+tests.tokenSecret), as arguments, mounts and volumes of the image's smoke and judge commands.
+*/}}
+{{- define "model-server.clientServiceAccountName" -}}
+{{- if include "model-server.testByAccount" . }}{{ include "model-server.testServiceAccountName" . }}{{ else }}{{ include "model-server.serviceAccountName" . }}{{ end }}
+{{- end }}
+
+{{- define "model-server.clientArgs" -}}
+{{- if .Values.tls.enabled }}
+- --ca-file=/etc/model-server/ca/ca.crt
+{{- end }}
+{{- if include "model-server.authEnabled" . }}
+- --token-file=/etc/model-server/token/token
+{{- end }}
+{{- end }}
+
+{{- define "model-server.clientMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.tls.enabled }}
+- name: ca
+  mountPath: /etc/model-server/ca
+  readOnly: true
+{{- end }}
+{{- if include "model-server.authEnabled" . }}
+- name: token
+  mountPath: /etc/model-server/token
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "model-server.clientVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- if .Values.tls.enabled }}
+- name: ca
+  secret:
+    secretName: {{ include "model-server.tlsSecretName" . }}
+    items:
+      - {key: {{ .Values.tls.caKey }}, path: ca.crt}
+{{- end }}
+{{- if include "model-server.testByAccount" . }}
+- name: token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          audience: {{ .Values.auth.audience }}
+          expirationSeconds: 600
+{{- else if include "model-server.authEnabled" . }}
+- name: token
+  secret:
+    secretName: {{ .Values.tests.tokenSecret.existingSecret }}
+    items:
+      - {key: {{ .Values.tests.tokenSecret.key }}, path: token}
+{{- end }}
+{{- end }}
+
+{{/* The Service of one side of a rollout (role: canary or stable): Argo Rollouts narrows its selector to that
+version's pods. */}}
+{{- define "model-server.rolloutServiceName" -}}
+{{- printf "%s-%s" (include "model-server.fullname" .context | trunc 56 | trimSuffix "-") .role }}
 {{- end }}

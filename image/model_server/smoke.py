@@ -226,19 +226,27 @@ def run(base: str, expect_from: Path | None, wait: float = 30, grpc_target: str 
     )
 
 
+def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-file", help="CA certificate to verify an https server with")
+    parser.add_argument("--token-file", help="file holding a bearer token to send (read for each request)")
+    parser.add_argument("--cert-file", help="client certificate to present (mutual TLS)")
+    parser.add_argument("--key-file", help="the client certificate's key")
+
+
+def credentials_from(args: argparse.Namespace) -> Credentials:
+    return Credentials(args.ca_file, args.token_file, args.cert_file, args.key_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smoke", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL of the server")
     parser.add_argument("--grpc", metavar="HOST:PORT", help="also check the gRPC binding there")
     parser.add_argument("--expect-from", type=Path, help="artifact directory whose answers must match")
     parser.add_argument("--wait", type=float, default=30, help="seconds to wait for readiness (default 30)")
-    parser.add_argument("--ca-file", help="CA certificate to verify an https server with")
-    parser.add_argument("--token-file", help="file holding a bearer token to send (read for each request)")
-    parser.add_argument("--cert-file", help="client certificate to present (mutual TLS)")
-    parser.add_argument("--key-file", help="the client certificate's key")
+    add_credential_arguments(parser)
     args = parser.parse_args(argv)
     global CREDENTIALS
-    CREDENTIALS = Credentials(args.ca_file, args.token_file, args.cert_file, args.key_file)
+    CREDENTIALS = credentials_from(args)
     try:
         print(run(args.url, args.expect_from, args.wait, args.grpc))
     except Exception as exc:  # a failed check, an odd answer or an unloadable artifact: one line, exit 1

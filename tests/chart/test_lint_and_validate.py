@@ -54,6 +54,8 @@ def test_ci_matrix_turns_every_optional_feature_on():
         "ServiceMonitor",
         "PrometheusRule",
         "Pod",
+        "Rollout",
+        "AnalysisTemplate",
     }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from .. import metrics
 from ..config import Settings
 from ..errors import ArtifactError, NotFound, NotReady
-from . import artifact, drift
+from . import artifact, drift, outcomes
 from .artifact import Artifact, Expectations
 from .columns import Batch
 from .runner import ModelRunner
@@ -32,6 +32,7 @@ class Served:
     window: drift.Window | None = None  # this worker's recent rows, for the drift scores
     scheduler: Scheduler | None = None  # this worker's prediction queue
     batching: str = ""  # whether concurrent requests are merged into one model call, and why
+    recent: outcomes.Recorder | None = None  # this process's recent outcomes, for a canary analysis
 
     @property
     def version(self) -> str:
@@ -46,6 +47,10 @@ class Served:
         metrics.rows_predicted(protocol).inc(batch.rows)
         if self.window is not None:
             self.window.observe(batch)
+        if self.recent is not None:
+            values = outcomes.predicted_values(results, self.runner.description.classes)
+            if values is not None:
+                self.recent.predictions(values)
         return results
 
 
@@ -72,6 +77,7 @@ class ModelHolder:
         self.served: Served | None = None
         self.name = ""
         self.error = "model not loaded yet"
+        self.outcomes = outcomes.Recorder(settings.metrics_dir)
 
     def load(self) -> bool:
         """Try to load the artifact; on failure log one line, count it, and stay not-ready."""
@@ -107,7 +113,7 @@ class ModelHolder:
         window = drift.Window(loaded.signature, settings.drift_window) if settings.drift_window else None
         batch_rows, batching = self._batch_rows(runner)
         scheduler = Scheduler(settings.max_queue, batch_rows, settings.max_batch_delay_ms / 1000)
-        self.served = Served(loaded, runner, settings.default_outputs, window, scheduler, batching)
+        self.served = Served(loaded, runner, settings.default_outputs, window, scheduler, batching, self.outcomes)
         self.error = ""
         metrics.MODEL_INFO.labels(name=self.name, version=loaded.version).set(1)
         metrics.MODEL_READY.set(1)

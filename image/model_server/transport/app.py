@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, holder: ModelHolder | None = No
     def served() -> str:
         return holder.name
 
-    request_metrics = RequestMetrics()
+    request_metrics = RequestMetrics(holder.outcomes)
     fast = PredictionFastPath(
         app.wsgi_app,
         app.url_map,

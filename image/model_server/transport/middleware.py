@@ -17,6 +17,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from prometheus_client import Counter, Histogram
 
 from .. import metrics
+from ..core import outcomes
 from ..errors import ClientError
 from ..logs import CALLER_ENVIRON_KEY, MODEL_ENVIRON_KEY, REQUEST_ID_ENVIRON_KEY
 from ..security.guard import Guard
@@ -33,12 +34,14 @@ def valid_request_id(incoming: str) -> str:
 
 
 class RequestMetrics:
-    """Each request's route, method, status and latency, into the request counter and latency histogram."""
+    """Each request's route, method, status and latency, into the request counter and latency histogram, and a
+    prediction's into the recent outcomes a canary analysis reads (core/outcomes.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recent: outcomes.Recorder | None = None) -> None:
         # Label children cached per (route, method, status): labels() costs a locked lookup per call.
         # Routes come from the URL map and methods from a fixed set, so clients cannot grow the series.
-        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._series: dict[tuple[str, str, str], tuple[Counter, Histogram, bool]] = {}
+        self.recent = recent
 
     def record(self, route: str, method: str, status: str, seconds: float) -> None:
         key = (route, method if method in _METHODS else "other", status)
@@ -47,9 +50,12 @@ class RequestMetrics:
             children = self._series[key] = (
                 metrics.REQUESTS.labels(route=key[0], method=key[1], status=key[2]),
                 metrics.LATENCY.labels(route=route),
+                outcomes.is_prediction(route),
             )
         children[0].inc()
         children[1].observe(seconds)
+        if children[2] and self.recent is not None:
+            self.recent.request(seconds, int(status) if status.isdigit() else 500)
 
 
 class Observability:

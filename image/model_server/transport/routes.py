@@ -140,6 +140,22 @@ def register(app: Flask, holder: ModelHolder, settings: Settings, budget: BodyBu
             infer_handler, settings.max_body_bytes, budget, binary=True, name=name, version=version
         )
 
+    @app.get("/v2/models/<model:name>/judgement")
+    def judgement(name: str) -> Response:
+        # What a canary analysis compares between two versions (core/outcomes.py, model_server/judge.py).
+        served = holder.require(name)
+        window = judgement_window(request.args.get("window"))
+        summary = served.recent.summary(window, served.runner.description.classes) if served.recent else {}
+        return json_response(
+            {
+                "name": holder.name,
+                "version": served.version,
+                "sha256": served.artifact.metadata.get("model_sha256", ""),
+                "task": served.runner.description.task,
+                **summary,
+            }
+        )
+
     # ---- KServe V1 ----------------------------------------------------------------------
     @app.get("/v1/models")
     def list_models() -> Response:
@@ -210,6 +226,25 @@ def register(app: Flask, holder: ModelHolder, settings: Settings, budget: BodyBu
         "predict_alias": v1_handler,
         "explain_v1": explain_handler,
     }
+
+
+JUDGEMENT_WINDOW_S = 300.0
+JUDGEMENT_MAX_WINDOW_S = 86400.0
+
+
+def judgement_window(raw: str | None) -> float:
+    """The ``window`` query argument: seconds, a positive number up to a day (default five minutes)."""
+    if raw is None or raw == "":
+        return JUDGEMENT_WINDOW_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= JUDGEMENT_MAX_WINDOW_S:
+        raise BadRequest(
+            f"window={raw[:40]!r} must be a number of seconds above 0 and at most {JUDGEMENT_MAX_WINDOW_S:g}"
+        )
+    return seconds
 
 
 def metadata(name: str, served: Served) -> dict[str, object]:
