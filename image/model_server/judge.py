@@ -1,7 +1,7 @@
 """The canary verdict: a new model version's recent outcomes against the stable version's, on live traffic.
 
     python -m model_server.judge --canary URL --stable URL [--window 300] [--wait 0]
-        [--min-requests 100] [--max-error-margin 0.01] [--latency-factor 2] [--latency-slack-ms 2]
+        [--min-requests 100] [--max-error-margin 0.01] [--latency-factor 2] [--latency-slack-ms 5]
         [--max-psi 0.2] [--samples 8] [--json] [--ca-file CA] [--token-file TOKEN] [--cert-file C --key-file K]
 
 What the chart's Argo Rollouts analysis runs, as a Job (the ``job`` provider): the comparison needs both
@@ -135,7 +135,7 @@ class Thresholds:
     min_requests: int = 100
     max_error_margin: float = 0.01
     latency_factor: float = 2.0
-    latency_slack_s: float = 0.002
+    latency_slack_s: float = 0.005
     max_psi: float = 0.2
 
 

@@ -1,15 +1,16 @@
-"""Command line for the environment operations; scripts/{render,validate,promote,set-image,diff} call it."""
+"""Command line for the environment operations; scripts/{render,validate,promote,set-image,diff,rollout} call it."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import OpsError, cluster, diff, environments, gobuild, render, validate, values
+from . import OpsError, cluster, diff, environments, gobuild, render, rollout, validate, values
 from .tools import ROOT
 
 
@@ -119,6 +120,33 @@ def cmd_set_image(args: argparse.Namespace) -> int:
     return _finish_edit(text, message, args, [env.values_files[-1]])
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    if args.env:
+        if not args.model:
+            raise OpsError("--env goes with --model NAME: the release is one model's")
+        env = environments.load().get(args.env)
+        namespace, release = env.namespace, env.release(args.model).name
+    elif args.namespace and args.release:
+        if args.action == "revert":
+            raise OpsError("revert needs --env and --model: it edits that environment's values file")
+        namespace, release = args.namespace, args.release
+    else:
+        raise OpsError("name the release: --env ENV --model NAME, or --namespace NS --release NAME")
+    found = rollout.status(rollout.kubectl_runner(args.kubectl, args.kubeconfig), namespace, release)
+    print("\n".join(found.lines()))
+    if args.action == "status":
+        return 1 if found.aborted else 0
+    if not found.aborted:
+        raise OpsError(f"the rollout is not aborted ({found.phase}): the new version is not refused, nothing to revert")
+    path = env.model_file(args.model)
+    before, subject = rollout.revert_text(ROOT, path)
+    current = (ROOT / path).read_text()
+    text = "".join(difflib.unified_diff(current.splitlines(True), before.splitlines(True), f"a/{path}", f"b/{path}"))
+    if text and not args.dry_run:
+        (ROOT / path).write_text(before)
+    return _finish_edit(text, rollout.revert_message(args.model, env.name, subject, found), args, [path])
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     if args.ref:
         if len(args.environments) != 1:
@@ -224,6 +252,22 @@ def _diff_arguments(p: argparse.ArgumentParser) -> None:
     _models_arg(p)
 
 
+def _rollout_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "action",
+        choices=("status", "revert"),
+        help="status: the canary's phase, step and latest judgement (exit 1 when aborted); revert: after an "
+        "aborted canary, put the environment's values file back as it was before its last commit",
+    )
+    p.add_argument("--env", metavar="ENV", help="the environment (with --model)")
+    p.add_argument("--model", metavar="NAME", help="the model whose release it is")
+    p.add_argument("--namespace", help="for status: any release's namespace (with --release) instead of --env")
+    p.add_argument("--release", help="for status: the Helm release's name")
+    p.add_argument("--kubeconfig", help="the cluster's kubeconfig (default: kubectl's own)")
+    p.add_argument("--kubectl", help="the kubectl binary (default: the one on PATH)")
+    _edit_arguments(p)
+
+
 def _cluster_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "action",
@@ -275,6 +319,12 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Comma
         "rendered diff between two environments, or one environment against a git ref",
         _diff_arguments,
         cmd_diff,
+    ),
+    (
+        "rollout",
+        "a canary's verdict (status), and git put back after an aborted one (revert)",
+        _rollout_arguments,
+        cmd_rollout,
     ),
     ("cluster", "local control plane on 127.0.0.1 for the end-to-end tests", _cluster_arguments, cmd_cluster),
 )

@@ -65,7 +65,8 @@ def _kwok_env() -> dict[str, str]:
 def binaries(with_flux: bool = False, real_node: bool = False) -> dict[str, Path]:
     """Every binary the cluster needs, built first if missing (first run only)."""
     names = ["etcd", "kubernetes", "kwok"] + (["flux-source", "flux-helm"] if with_flux else [])
-    names += list(node.COMPONENTS) if real_node else []
+    # The real node runs pods, so Rollouts there can move real replicas: its clusters run the controller.
+    names += [*node.COMPONENTS, "argo-rollouts"] if real_node else []
     found: dict[str, Path] = {}
     for name in names:
         if gobuild.missing(name):
@@ -200,7 +201,7 @@ def _node(index: int) -> dict[str, Any]:
 
 def install_crds() -> None:
     paths = crds.paths()
-    log(f"installing {len(paths)} CRDs (Argo CD, Flux, Prometheus operator, Gateway API)")
+    log(f"installing {len(paths)} CRDs (Argo CD, Argo Rollouts, Flux, Prometheus operator, Gateway API)")
     for path in paths:
         # Server-side apply: some CRDs exceed the client-side last-applied annotation's size limit.
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
@@ -269,6 +270,26 @@ def start_flux(bins: dict[str, Path]) -> dict[str, str]:
     addresses = {"storage": storage_addr}
     (STATE / "flux" / "addresses.json").write_text(json.dumps(addresses))
     return addresses
+
+
+def start_rollouts(bins: dict[str, Path]) -> None:
+    """Run the Argo Rollouts controller out of cluster (like Flux), for every namespace."""
+    env = {**os.environ, "KUBECONFIG": str(KUBECONFIG)}
+    ports = {key: free_port() for key in ("metrics", "health")}
+    log("starting the Argo Rollouts controller")
+    _start(
+        "rollouts-controller",
+        [
+            str(bins["rollouts-controller"]),
+            f"--kubeconfig={KUBECONFIG}",
+            "--leader-elect=false",
+            f"--metricsPort={ports['metrics']}",
+            f"--healthzPort={ports['health']}",
+            "--loglevel=info",
+        ],
+        env,
+    )
+    _wait_http(f"http://127.0.0.1:{ports['health']}/healthz", "rollouts-controller")
 
 
 def start_node() -> None:
@@ -401,6 +422,7 @@ def up(*, with_flux: bool = False, nodes: int = 3, real_node: bool = False) -> N
         install_crds()
         if real_node:
             start_node()
+            start_rollouts(bins)
         if with_flux:
             start_flux(bins)
     except BaseException:

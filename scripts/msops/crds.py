@@ -1,7 +1,7 @@
 """The CustomResourceDefinitions the chart and the GitOps manifests use, from their projects' Go modules.
 
 The real CRD manifests (not the JSON schemas of the kubeconform mirror) are needed to let an API
-server accept Argo CD, Flux, Prometheus operator and Gateway API objects. Each project publishes
+server accept Argo CD, Argo Rollouts, Flux, Prometheus operator and Gateway API objects. Each project publishes
 them inside its Go module, so the Go module proxy delivers them like any dependency (and caches them).
 Versions follow the controllers the local cluster runs (gobuild.COMPONENTS) and the API versions
 the manifests in this repository use.
@@ -44,6 +44,19 @@ SOURCES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "manifests/crds/application-crd.yaml",
             "manifests/crds/applicationset-crd.yaml",
             "manifests/crds/appproject-crd.yaml",
+        ),
+    ),
+    (
+        # The chart's rollout.enabled: Rollout and AnalysisTemplate, and the AnalysisRuns and Experiments
+        # the controller (real-node clusters) creates.
+        "github.com/argoproj/argo-rollouts",
+        gobuild.COMPONENTS["argo-rollouts"].version,
+        (
+            "manifests/crds/rollout-crd.yaml",
+            "manifests/crds/analysis-template-crd.yaml",
+            "manifests/crds/analysis-run-crd.yaml",
+            "manifests/crds/cluster-analysis-template-crd.yaml",
+            "manifests/crds/experiment-crd.yaml",
         ),
     ),
     (

@@ -147,6 +147,13 @@ COMPONENTS: dict[str, Component] = {
             ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0",
             wrapped=False,
         ),
+        # Progressive delivery (chart's rollout.enabled): the Argo Rollouts controller, out of cluster like Flux.
+        Component(
+            "argo-rollouts",
+            "github.com/argoproj/argo-rollouts",
+            "v1.10.1",
+            {"rollouts-controller": "cmd/rollouts-controller"},
+        ),
         Component(
             "pause",
             f"{MODULE_PREFIX}/pause",

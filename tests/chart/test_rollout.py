@@ -122,3 +122,21 @@ def test_conflicts_are_refused_naming_the_values(sets, message):
     assert message in template_error("rollout.enabled=true", *sets)
     # the same values without the rollout render (positive control)
     template(sets=sets)
+
+
+def test_each_revision_carries_its_own_settings_so_the_stable_version_never_reads_the_canarys():
+    """With one shared ConfigMap a new revision rewrites it, and a stable pod started again mid-canary (the
+    scale-back after an abort) would load the canary's model (seen on the real node)."""
+    sets = ("rollout.enabled=true", "model.mode=existingClaim", "model.existingClaim=store", "env[0].name=EXTRA")
+    v2 = template(sets=(*sets, "model.subPath=v2", "env[0].value=x"))
+    container = one(v2, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in container  # nothing read from the shared ConfigMap
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env == {**one(v2, "ConfigMap")["data"], "EXTRA": "x"}
+    assert env["MODEL_SERVER_MODEL_DIR"] == "/mnt/models/v2"
+    v3 = template(sets=(*sets, "model.subPath=v3", "env[0].value=x"))
+    env3 = {i["name"]: i["value"] for i in one(v3, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env3["MODEL_SERVER_MODEL_DIR"] == "/mnt/models/v3"
+    # without a rollout the pods read the ConfigMap, as before
+    plain = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert plain["envFrom"] == [{"configMapRef": {"name": "rel-model-server"}}]

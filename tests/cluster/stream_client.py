@@ -10,6 +10,8 @@ request that got no complete answer, or an answer other than 200. It prints "str
 prediction succeeded, then one JSON line: counts, the model versions that answered (and when, first
 and last seen, seconds from the start), and the first failures.
 
+STREAM_ROWS a JSON list of rows to send in turn instead of the example row; STREAM_RECONNECT_EVERY
+requests per connection (a reconnect, counted as one, after each such run).
 STREAM_URL the Service's base URL (http:// or https://); STREAM_CA_FILE the CA to verify https with;
 STREAM_TOKEN_FILE a bearer token sent with every request; STREAM_CERT_FILE/STREAM_KEY_FILE a client
 certificate.
@@ -28,6 +30,9 @@ SECONDS = float(os.environ.get("STREAM_SECONDS", "60"))
 CONNECTIONS = int(os.environ.get("STREAM_CONNECTIONS", "4"))
 PAUSE = float(os.environ.get("STREAM_PAUSE", "0.01"))
 STOP = os.environ.get("STREAM_STOP", "/tmp/stop")
+# Requests per connection before it is closed and a new one opened (0: never), as proxies cap them: the
+# Service then spreads connections over pods that started after the client did (a canary).
+RECONNECT_EVERY = int(os.environ.get("STREAM_RECONNECT_EVERY", "0"))
 TOKEN_FILE = os.environ.get("STREAM_TOKEN_FILE")
 
 
@@ -90,6 +95,13 @@ def request_body():
 
 
 PATH, BODY = request_body()
+# STREAM_ROWS: a JSON list of rows to send instead of the example row, one per request in turn (so the
+# predictions have a distribution, as live traffic does).
+ROWS = json.loads(os.environ.get("STREAM_ROWS") or "[]")
+BODIES = [
+    json.dumps({"inputs": [dict(t, data=[row[i]]) for i, t in enumerate(json.loads(BODY)["inputs"])]}).encode()
+    for row in ROWS
+] or [BODY]
 STARTED = time.monotonic()
 LOCK = threading.Lock()
 counts = {"ok": 0, "failed": 0, "reconnects": 0}
@@ -104,13 +116,15 @@ def note_version(version):
         versions[version] = (first, now, n + 1)
 
 
-def stream():
+def stream(offset):
     connection = None
+    sent = offset
     while time.monotonic() - STARTED < SECONDS and not os.path.exists(STOP):
         if connection is None:
             connection = connect()
         try:
-            connection.request("POST", PATH, body=BODY, headers=headers())
+            connection.request("POST", PATH, body=BODIES[sent % len(BODIES)], headers=headers())
+            sent += 1
             response = connection.getresponse()
             payload = response.read()
             closing = (response.getheader("Connection") or "").lower() == "close"
@@ -129,7 +143,7 @@ def stream():
             with LOCK:
                 counts["failed"] += 1
                 failures.append(f"{time.monotonic() - STARTED:.1f} s: {response.status} {payload[:120]!r}")
-        if closing:
+        if closing or (RECONNECT_EVERY and sent % RECONNECT_EVERY == 0):
             connection.close()
             connection = None
             with LOCK:
@@ -139,8 +153,7 @@ def stream():
         connection.close()
 
 
-first = threading.Thread(target=stream)
-threads = [first] + [threading.Thread(target=stream) for _ in range(CONNECTIONS - 1)]
+threads = [threading.Thread(target=stream, args=(index * 7919,)) for index in range(CONNECTIONS)]
 for thread in threads:
     thread.start()
 while not counts["ok"] and not counts["failed"] and time.monotonic() - STARTED < SECONDS:

@@ -197,7 +197,7 @@ def test_the_same_model_reads_calm_and_a_shifted_one_fails_the_distribution_chec
 def test_errors_and_latency_fail_their_own_checks():
     rng = np.random.default_rng(3)
     values = rng.normal(0, 1, 300)
-    fast = rng.uniform(0.002, 0.004, 400)
+    fast = rng.uniform(0.010, 0.020, 400)
     stable = side("stable", pod("s1", values, fast, errors=2))
     erring = judge.verdict(stable, side("canary", pod("c1", values, fast, errors=20)), judge.Thresholds())
     assert [n for n, c in erring["checks"].items() if not c["passed"]] == ["error_ratio"]
