@@ -23,7 +23,7 @@ from msops.pki import CA, SecretDir
 
 from tests.conftest import ROOT
 
-from .conftest import ROWS
+from .conftest import ROWS, wait_for
 from .test_security import write_tokens
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -310,6 +310,13 @@ def test_grpc_calls_are_counted_by_protocol_and_route(server, triton):
     text = requests.get(f"{server.url}/metrics", timeout=5).text
     assert f'model_server_predicted_rows_total{{protocol="grpc"}} {3.0 * len(ROWS)}' in text
     assert f'route="{INFER}",status="200"}} 3.0' in text
+    # and a canary's judgement counts them as predictions like any other protocol's (core/outcomes.py); the
+    # worker that answered writes its rings within FLUSH_INTERVAL_S, and another worker may answer the GET
+    def judged() -> tuple[int, int]:
+        judgement = requests.get(f"{server.url}/v2/models/diabetes/judgement", timeout=5).json()
+        return judgement["requests"], judgement["predictions"]["rows"]
+
+    wait_for(lambda: judged() == (3, 3 * len(ROWS)), "3 gRPC predictions in the judgement", timeout=5)
 
 
 # ---- TLS -----------------------------------------------------------------------------------------------------
