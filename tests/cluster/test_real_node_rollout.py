@@ -6,8 +6,10 @@ The model versions live in a read-only claim on a host directory (the platform's
 directory each; a new version is `helm upgrade --set model.subPath=...`, which changes the pod template the
 Rollout runs. (a) a good version 2 (the same model refitted on a bootstrap sample) goes to the canary weight,
 is judged and promoted; (b) version 3, whose predictions are shifted (its intercept 60 higher), is judged,
-fails the distribution check, and the rollout is aborted: version 2 keeps every replica. Neither costs a
-single failed request. Each prints the judgement's figures (the analysis Job's log).
+fails the distribution check, and the rollout is aborted: version 2 keeps every replica; (c) version 4
+predicts alike but about a thousand times slower (a bagged ensemble of linear models) and is aborted by
+the latency check. None costs a single failed request. Each prints the judgement's figures (the analysis
+Job's log).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import pytest
 from model_server import train
 from model_server.core import artifact
 from sklearn.datasets import load_diabetes
+from sklearn.ensemble import BaggingRegressor
+from sklearn.linear_model import LinearRegression
 
 from tests.cluster.conftest import Kube, read_only_claim, start_stream, stop_stream, wait_for
 from tests.kube import CHART, ROOT
@@ -34,8 +38,9 @@ SERVICE = f"http://{RELEASE}-model-server.{NAMESPACE}.svc.cluster.local"
 ROWS = np.round(load_diabetes().data[:200], 6).tolist()
 
 
-def write_versions(store: Path) -> dict[str, str]:
-    """v1 (the demo model), v2 (refitted on a bootstrap sample: a good new version), v3 (v2 shifted by 60)."""
+def write_versions(store: Path) -> None:
+    """v1 (the demo model), v2 (refitted on a bootstrap sample: a good new version), v3 (v2 shifted by 60),
+    v4 (a bagged ensemble of linear models: alike in what it predicts, a thousand times slower)."""
     model, metadata = train.train("diabetes")
     artifact.save(model, metadata, store / "v1")
     data = load_diabetes()
@@ -44,9 +49,11 @@ def write_versions(store: Path) -> dict[str, str]:
     artifact.save(model, {**metadata, "version": "2"}, store / "v2")
     model.intercept_ += 60.0
     artifact.save(model, {**metadata, "version": "3"}, store / "v3")
+    # v4: the same predictions within noise (linear models averaged), about 10 ms each instead of 0.01 ms
+    slow = BaggingRegressor(LinearRegression(), n_estimators=100, random_state=0).fit(data.data, data.target)
+    artifact.save(slow, {**metadata, "version": "4", "estimator": "BaggingRegressor"}, store / "v4")
     for item in [store, *store.rglob("*")]:
         item.chmod(0o755 if item.is_dir() else 0o644)
-    return {"v1": "1", "v2": "2", "v3": "3"}
 
 
 @dataclass
@@ -101,7 +108,10 @@ class Release:
         """The analysis Jobs' logs, oldest first: the figures each judgement saw."""
         jobs = self.kube.json("get", "jobs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=test")["items"]
         jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"])
-        return [self.kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", NAMESPACE) for job in jobs]
+        # check=False: a Job just created has no pod (no log) yet
+        return [
+            self.kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", NAMESPACE, check=False) for job in jobs
+        ]
 
     def pod_versions(self) -> dict[str, str]:
         """Each serving pod of the release still running (not on its way out), and the model version its log
@@ -152,7 +162,7 @@ def release(real_kube: Kube, node_image: str, tmp_path_factory: pytest.TempPathF
         real_kube.kubectl("delete", "pv", f"{NAMESPACE}-model-store", "--timeout=60s", check=False)
 
 
-def test_a_good_version_is_promoted_and_a_shifted_one_is_aborted_without_a_failed_request(release: Release):
+def test_a_good_version_is_promoted_a_shifted_or_slow_one_aborted_without_a_failed_request(release: Release):
     kube = release.kube
     stream = start_stream(kube, "rollout-stream", NAMESPACE, release.image, SERVICE, connections=4, pause=0.02,
                           rows=json.dumps(ROWS), reconnect_every=20)  # fmt: skip
@@ -184,8 +194,19 @@ def test_a_good_version_is_promoted_and_a_shifted_one_is_aborted_without_a_faile
         assert status.returncode == 1, status.stderr
         assert "Degraded (aborted)" in status.stdout
         assert "FAIL: prediction_psi" in status.stdout
+        # (c) version 4 predicts alike but slowly: the latency check aborts it.
+        kube.helm("upgrade", *release.helm_args("v4"), "--wait", "--timeout", "4m")
+        judged = lambda: len(found := release.judgements()) == 3 and "verdict:" in found[-1]  # noqa: E731
+        wait_for("version 4 judged", judged, timeout=300, detail=release.describe)
+        wait_for("version 4 aborted", release.aborted, timeout=120, detail=release.describe)
+        slow = release.judgements()[-1]
+        print("(c) judgement of version 4:\n" + slow)
+        assert "FAIL: p50_latency_seconds" in slow  # slower on every request, not only in the tail
+        assert "pass: error_ratio" in slow
+        wait_for("version 2 alone after the second abort", lambda: release.versions_serving() == {"2"},
+                 timeout=120, detail=release.describe)  # fmt: skip
     finally:
         seen = stop_stream(kube, stream)
     print(f"client: {seen['ok']} predictions, {seen['failed']} failed, versions {seen['versions']}")
     assert seen["failed"] == 0, seen["failures"]
-    assert set(seen["versions"]) == {"1", "2", "3"}  # every version answered live traffic at some point
+    assert set(seen["versions"]) == {"1", "2", "3", "4"}  # every version answered live traffic at some point

@@ -202,7 +202,11 @@ def test_errors_and_latency_fail_their_own_checks():
     erring = judge.verdict(stable, side("canary", pod("c1", values, fast, errors=20)), judge.Thresholds())
     assert [n for n, c in erring["checks"].items() if not c["passed"]] == ["error_ratio"]
     slow = judge.verdict(stable, side("canary", pod("c1", values, fast * 3)), judge.Thresholds())
-    assert [n for n, c in slow["checks"].items() if not c["passed"]] == ["p99_latency_seconds"]
+    assert [n for n, c in slow["checks"].items() if not c["passed"]] == ["p50_latency_seconds", "p99_latency_seconds"]
+    # a slow slice (5 % of requests ten times slower) moves the tail only
+    tail = np.concatenate([fast[:380], fast[:20] * 10])
+    sliced = judge.verdict(stable, side("canary", pod("c1", values, tail)), judge.Thresholds())
+    assert [n for n, c in sliced["checks"].items() if not c["passed"]] == ["p99_latency_seconds"]
     fine = judge.verdict(stable, side("canary", pod("c1", values, fast * 1.2, errors=3)), judge.Thresholds())
     assert fine["passed"], fine
 
