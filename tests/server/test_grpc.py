@@ -310,6 +310,7 @@ def test_grpc_calls_are_counted_by_protocol_and_route(server, triton):
     text = requests.get(f"{server.url}/metrics", timeout=5).text
     assert f'model_server_predicted_rows_total{{protocol="grpc"}} {3.0 * len(ROWS)}' in text
     assert f'route="{INFER}",status="200"}} 3.0' in text
+
     # and a canary's judgement counts them as predictions like any other protocol's (core/outcomes.py); the
     # worker that answered writes its rings within FLUSH_INTERVAL_S, and another worker may answer the GET
     def judged() -> tuple[int, int]:
