@@ -9,6 +9,7 @@ the upstream go.mod; the committed go.mod/go.sum pin every dependency, so builds
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,9 @@ class Component:
     wrapped: bool = True  # False: plain `go install`, no wrapper module
     staging_prefix: str = ""  # k8s: modules replaced by ./staging map to v0.<minor>.<patch>
     wrapper: str = ""  # the wrapper module's directory under tools/cluster, when shared (default: name)
+    # Source edits applied at build time through `go build -overlay` (the module cache stays untouched):
+    # (file in the module, text, replacement). For what no flag can change, each with its reason.
+    patches: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def wrapper_dir(self) -> Path:
@@ -153,6 +157,9 @@ COMPONENTS: dict[str, Component] = {
             "github.com/argoproj/argo-rollouts",
             "v1.10.1",
             {"rollouts-controller": "cmd/rollouts-controller"},
+            # Its metrics and healthz servers bind every interface (a constant, no flag); the cluster's
+            # processes listen on 127.0.0.1 only (tests/cluster/test_real_node.py checks it).
+            patches=(("controller/controller.go", '"0.0.0.0:%d"', '"127.0.0.1:%d"'),),
         ),
         Component(
             "pause",
@@ -270,7 +277,7 @@ def _component(name: str) -> Component:
 
 
 def _fingerprint(component: Component) -> str:
-    digest = hashlib.sha256(f"{component.module}@{component.version} {component.ldflags}".encode())
+    digest = hashlib.sha256(f"{component.module}@{component.version} {component.ldflags} {component.patches}".encode())
     if component.wrapped:
         for part in ("go.mod", "go.sum"):
             digest.update((component.wrapper_dir / part).read_bytes())
@@ -278,6 +285,33 @@ def _fingerprint(component: Component) -> str:
         for source in sorted(component.wrapper_dir.glob("*.go")):
             digest.update(source.read_bytes())
     return digest.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _overlay(component: Component) -> Iterator[list[str]]:
+    """`-modfile` arguments building ``component`` from a patched copy of its module (go refuses overlays of
+    files in the module cache): the wrapper's go.mod plus a replace to the copy; none without patches."""
+    if not component.patches:
+        yield []
+        return
+    source = Path(download(component.module, component.version)["Dir"])
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "module"
+        shutil.copytree(source, copy)
+        for name, text, replacement in component.patches:
+            target = copy / name
+            original = target.read_text()
+            if text not in original:
+                raise OpsError(
+                    f"{component.name} {component.version}: {name} no longer holds {text!r}; update the patch"
+                )
+            target.chmod(0o644)
+            target.write_text(original.replace(text, replacement))
+        modfile = Path(scratch) / "go.mod"
+        gomod = (component.wrapper_dir / "go.mod").read_text()
+        modfile.write_text(f"{gomod}\nreplace {component.module} => {copy}\n")
+        shutil.copy(component.wrapper_dir / "go.sum", Path(scratch) / "go.sum")
+        yield [f"-modfile={modfile}"]
 
 
 def bin_dir(name: str) -> Path:
@@ -306,10 +340,11 @@ def build(name: str, *, log: Callable[[str], None] = lambda message: print(messa
         partial = directory / f".{binary}.partial"
         if component.wrapped:
             # readonly: the committed go.mod/go.sum decide every dependency; a build never rewrites them.
-            go(
-                ["build", "-mod=readonly", "-trimpath", "-ldflags", ldflags, "-o", str(partial), package],
-                cwd=component.wrapper_dir,
-            )
+            with _overlay(component) as overlay:
+                go(
+                    ["build", "-mod=readonly", "-trimpath", *overlay, "-ldflags", ldflags, "-o", str(partial), package],
+                    cwd=component.wrapper_dir,
+                )
         else:
             with tempfile.TemporaryDirectory() as gobin:
                 go(
