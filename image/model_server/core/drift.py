@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 
 from .. import metrics
 from .columns import Batch
+from .scheduler import Coalesced
 from .signature import BOOL, BYTES, Column, Signature
 
 TOP_CATEGORIES = 20
@@ -191,8 +191,7 @@ class Window:
         self._categorical = [i for i, w in enumerate(self.watched) if w.edges is None]
         self._published = np.full_like(self.counts, -1)  # the first publish writes every bin
         self._gauges = [metrics.drift_bin(w.column.name, label) for w in self.watched for label in w.labels]
-        self._publish_pending = False
-        self._last_publish = float("-inf")
+        self._publisher = Coalesced(self.publish, PUBLISH_INTERVAL_S)
         self._pending: list[Batch] = []
 
     def observe(self, batch: Batch) -> None:
@@ -200,7 +199,7 @@ class Window:
         if not self.watched:
             return
         self._pending.append(batch)
-        self._schedule_publish()
+        self._publisher.request()
 
     def _count(self) -> None:
         """Bin every row noted since the last count in one pass; forget the oldest beyond the window."""
@@ -246,22 +245,8 @@ class Window:
         names = [self.signature.names[p] for p in self._numeric_positions]
         return np.column_stack([np.asarray(batch.columns[n][-take:], dtype=np.float64) for n in names])
 
-    def _schedule_publish(self) -> None:
-        from .scheduler import cooperative
-
-        if not cooperative():
-            self.publish()
-        elif not self._publish_pending:
-            import gevent
-
-            self._publish_pending = True
-            delay = max(0.0, self._last_publish + PUBLISH_INTERVAL_S - time.monotonic())
-            gevent.spawn_later(delay, self.publish)
-
     def publish(self) -> None:
         """Count what was noted, then write the bins whose counts changed to the shared gauge."""
-        self._publish_pending = False
-        self._last_publish = time.monotonic()
         self._count()
         for index in np.flatnonzero(self.counts != self._published):
             self._gauges[index].set(int(self.counts[index]))

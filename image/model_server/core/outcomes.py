@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .scheduler import Coalesced
+
 RING = 4096
 FLUSH_INTERVAL_S = 0.1
 FILE_PREFIX = "outcomes-"
@@ -83,32 +85,18 @@ class Recorder:
         self._rings: _Rings | None = None
         self._requests: list[tuple[float, float, float]] = []
         self._predictions: list[tuple[float, np.ndarray]] = []
-        self._flush_pending = False
-        self._last_flush = float("-inf")
+        self._flusher = Coalesced(self.flush, FLUSH_INTERVAL_S)
 
     def request(self, seconds: float, status: int) -> None:
         self._requests.append((time.monotonic(), seconds, float(status >= 500)))
-        self._schedule_flush()
+        self._flusher.request()
 
     def predictions(self, values: np.ndarray) -> None:
         self._predictions.append((time.monotonic(), values))
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        from .scheduler import cooperative
-
-        if not cooperative():
-            self.flush()
-        elif not self._flush_pending:
-            import gevent
-
-            self._flush_pending = True
-            gevent.spawn_later(max(0.0, self._last_flush + FLUSH_INTERVAL_S - time.monotonic()), self.flush)
+        self._flusher.request()
 
     def flush(self) -> None:
         """Write what was noted since the last flush into this process's rings."""
-        self._flush_pending = False
-        self._last_flush = time.monotonic()
         rings = self._own_rings()
         requests, self._requests = self._requests, []
         if requests:

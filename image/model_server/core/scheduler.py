@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,33 @@ def cooperative() -> bool:
 
 
 _COOPERATIVE: dict[int, bool] = {}
+
+
+class Coalesced:
+    """``work`` run at most once per ``interval`` seconds however often it is asked for, the last request
+    included (a timer, so the end of a burst is not left waiting): requests note cheap state and the work
+    does the costly pass. Outside a gevent worker (tests, the sync and gthread workers) it runs at once."""
+
+    def __init__(self, work: Callable[[], None], interval: float) -> None:
+        self.work, self.interval = work, interval
+        self._pending = False
+        self._last = float("-inf")
+
+    def request(self) -> None:
+        if not cooperative():
+            self.run()
+        elif not self._pending:
+            import gevent
+
+            self._pending = True
+            gevent.spawn_later(max(0.0, self._last + self.interval - time.monotonic()), self.run)
+
+    def run(self) -> None:
+        self._pending = False
+        self._last = time.monotonic()
+        self.work()
+
+
 OVERLOADED = "this worker's prediction queue is full (MODEL_SERVER_MAX_QUEUE requests are waiting); retry in a moment"
 
 
