@@ -337,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="server worker processes, the same for every server")
     parser.add_argument(
         "--delay-ms",
-        type=float,
-        default=0.0,
-        help="each connection pauses this long between requests: compare latency below saturation",
+        type=int,
+        default=0,
+        help="each connection pauses this many whole milliseconds between requests (wrk truncates a fraction): "
+        "compare latency below saturation",
     )
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):

@@ -271,13 +271,13 @@ def wrk_script(
     scratch: Path,
     protocol: str,
     rows: int,
-    delay_ms: float = 0.0,
+    delay_ms: int = 0,
     kind: str = "linear",
     columnar_v1: bool = False,
     token: str | None = None,
 ) -> Path:
     """A wrk Lua script POSTing the body (with a bearer token when given); with delay_ms, each connection
-    pauses that long between requests."""
+    pauses that many whole milliseconds between requests (wrk truncates a fraction to a whole number)."""
     script = scratch / (
         f"{kind}-{protocol}-{rows}-{delay_ms:g}{'-columnar' if columnar_v1 else ''}{'-token' if token else ''}.lua"
     )
@@ -300,7 +300,7 @@ def run_wrk(
     seconds: int = 10,
     connections: int = 16,
     threads: int = 2,
-    delay_ms: float = 0.0,
+    delay_ms: int = 0,
     workers: int = 2,
 ) -> Sample:
     script = wrk_script(scratch, protocol, rows, delay_ms, server.kind, server.columnar_v1, server.token)

@@ -142,9 +142,10 @@ class Scheduler:
         self._wake: Event | None = None
         self._executor: Greenlet[[Event], None] | None = None
 
-    def full(self) -> bool:
-        """Whether a prediction arriving now would be shed (only gevent workers queue)."""
-        return len(self._queue) >= self.max_queue and cooperative()
+    def full(self, reserved: int = 0) -> bool:
+        """Whether a prediction arriving now would be shed (only gevent workers queue); ``reserved`` of the
+        queue's places are kept for other requests (the worker's lock-out guard: process/worker.py)."""
+        return len(self._queue) >= self.max_queue - reserved and cooperative()
 
     def admit(self) -> None:
         """Refuse at once (Overloaded) when the queue is full: called before a request's body is read or

@@ -261,15 +261,15 @@ class PredictionFastPath:
         self.request_metrics.record(matched[1], "POST", str(status), time.perf_counter() - started)
         return DirectAnswer(b"".join(head), status, rid, len(body), close, audit)
 
-    def refusal(self, method: str, path: str, headers: Headers) -> bytes | None:
+    def refusal(self, method: str, path: str, headers: Headers, reserved: int = 0) -> bytes | None:
         """The whole HTTP answer shedding this request, when it is a prediction this worker's full queue would
-        refuse; else None (serve it). The worker asks before it builds a WSGI environ: a shed then costs the
-        parse of its head and one write. Counted like any shed (model_server_shed_requests_total); the
-        request counter is left to requests that were served."""
+        refuse (``reserved`` places of it kept for others); else None (serve it). The worker asks before it
+        builds a WSGI environ: a shed then costs the parse of its head and one write. Counted like any shed
+        (model_server_shed_requests_total); the request counter is left to requests that were served."""
         if method != "POST" or path not in self._matches:
             return None
         scheduler = self.scheduler()
-        if scheduler is None or not scheduler.full():
+        if scheduler is None or not scheduler.full(reserved):
             return None
         self._shed_series.inc()
         rid = next((value for name, value in headers if name == "X-REQUEST-ID"), "")
