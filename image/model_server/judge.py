@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import smoke
-from .core import drift
+from .core import drift, outcomes
 
 LEVELS = np.linspace(0, 1, 101)  # the levels of a judgement's percentiles (core/outcomes.py)
 
@@ -228,7 +228,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--canary", required=True, help="base URL of the canary (new version) Service")
     parser.add_argument("--stable", required=True, help="base URL of the stable Service")
     parser.add_argument("--model", help="the model's name (default: the one the servers list)")
-    parser.add_argument("--window", type=_positive, default=300.0, help="seconds of recent traffic (default 300)")
+    parser.add_argument(
+        "--window",
+        type=_positive,
+        default=outcomes.DEFAULT_WINDOW_S,
+        help=f"seconds of recent traffic (default {outcomes.DEFAULT_WINDOW_S:g})",
+    )
     parser.add_argument("--wait", type=_non_negative, default=0.0, help="seconds to wait for enough traffic")
     parser.add_argument("--samples", type=_count, default=8, help="fetches per Service, to reach its pods")
     parser.add_argument("--min-requests", type=_count, default=Thresholds.min_requests)

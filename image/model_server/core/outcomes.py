@@ -30,6 +30,7 @@ from .scheduler import Coalesced
 
 RING = 4096
 FLUSH_INTERVAL_S = 0.1
+DEFAULT_WINDOW_S = 300.0  # the recent traffic a judgement covers unless asked otherwise
 FILE_PREFIX = "outcomes-"
 QUANTILES = (0.5, 0.9, 0.99)
 PERCENTILES = np.linspace(0, 100, 101)

@@ -18,7 +18,7 @@ from werkzeug.routing import BaseConverter
 
 from .. import __version__, metrics
 from ..config import Settings
-from ..core import drift, explain
+from ..core import drift, explain, outcomes
 from ..core.model import ModelHolder, Served
 from ..errors import BadRequest, ClientError, UnsupportedMediaType
 from . import jsonbody, openapi, v1, v2
@@ -228,14 +228,13 @@ def register(app: Flask, holder: ModelHolder, settings: Settings, budget: BodyBu
     }
 
 
-JUDGEMENT_WINDOW_S = 300.0
 JUDGEMENT_MAX_WINDOW_S = 86400.0
 
 
 def judgement_window(raw: str | None) -> float:
     """The ``window`` query argument: seconds, a positive number up to a day (default five minutes)."""
     if raw is None or raw == "":
-        return JUDGEMENT_WINDOW_S
+        return outcomes.DEFAULT_WINDOW_S
     try:
         seconds = float(raw)
     except ValueError:
