@@ -191,6 +191,11 @@ def check_flux(decl: Declaration, root: Path = ROOT) -> list[str]:
                 continue
             where = f"Flux HelmRelease '{release.name}' in {name}"
             _compare(problems, f"{where} targetNamespace", spec.get("targetNamespace"), env.namespace)
+            if not any(check.get("kind") == "Rollout" for check in spec.get("healthCheckExprs", [])):
+                problems.append(
+                    f"{where} has no healthCheckExprs entry for Rollout: with rollout.enabled, Helm 4's wait "
+                    "cannot read a Rollout, and the upgrade would time out and be rolled back (docs/rollout.md)"
+                )
             if env.chart_version is None:
                 chart = spec.get("chart", {}).get("spec", {})
                 _compare(problems, f"{where} chart", chart.get("chart"), f"./{decl.chart}")

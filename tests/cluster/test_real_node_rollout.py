@@ -58,8 +58,12 @@ def write_versions(store: Path) -> None:
 
 @dataclass
 class Release:
+    """A release whose pods an Argo Rollout runs: its state, judgements and the versions its pods serve."""
+
     kube: Kube
     image: str
+    namespace: str = NAMESPACE
+    name: str = RELEASE
 
     def helm_args(self, sub_path: str) -> list[str]:
         repository, tag = self.image.rsplit(":", 1)
@@ -80,13 +84,14 @@ class Release:
             "rollout.judgement.waitSeconds": "40",
             "tests.enabled": "true",
         }
-        args = [RELEASE, str(CHART), "-n", NAMESPACE]
+        args = [self.name, str(CHART), "-n", self.namespace]
         for key, value in sets.items():
             args += ["--set-string" if key in ("image.tag",) else "--set", f"{key}={value}"]
         return args
 
     def rollout(self) -> dict:
-        return self.kube.json("get", "rollout", f"{RELEASE}-model-server", "-n", NAMESPACE)
+        selector = f"app.kubernetes.io/instance={self.name}"
+        return self.kube.json("get", "rollouts", "-n", self.namespace, "-l", selector)["items"][0]
 
     def state(self) -> dict:
         return self.rollout().get("status", {})
@@ -106,24 +111,26 @@ class Release:
 
     def judgements(self) -> list[str]:
         """The analysis Jobs' logs, oldest first: the figures each judgement saw."""
-        jobs = self.kube.json("get", "jobs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=test")["items"]
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=test"
+        jobs = self.kube.json("get", "jobs", "-n", self.namespace, "-l", selector)["items"]
         jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"])
         # check=False: a Job just created has no pod (no log) yet
         return [
-            self.kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", NAMESPACE, check=False) for job in jobs
+            self.kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", self.namespace, check=False)
+            for job in jobs
         ]
 
     def pod_versions(self) -> dict[str, str]:
         """Each serving pod of the release still running (not on its way out), and the model version its log
         says it loaded ("model loaded"), or "" while it has not."""
-        selector = f"app.kubernetes.io/instance={RELEASE},rollouts-pod-template-hash"
+        selector = f"app.kubernetes.io/instance={self.name},rollouts-pod-template-hash"
         found = {}
-        for pod in self.kube.json("get", "pods", "-n", NAMESPACE, "-l", selector)["items"]:
+        for pod in self.kube.json("get", "pods", "-n", self.namespace, "-l", selector)["items"]:
             if pod["metadata"].get("deletionTimestamp") or pod["status"].get("phase") != "Running":
                 continue
             name = pod["metadata"]["name"]
             found[name] = ""
-            for line in self.kube.kubectl("logs", name, "-n", NAMESPACE, check=False).splitlines():
+            for line in self.kube.kubectl("logs", name, "-n", self.namespace, check=False).splitlines():
                 if '"model loaded"' in line:
                     found[name] = json.loads(line)["version"]
         return found
@@ -134,8 +141,8 @@ class Release:
     def describe(self) -> str:
         return (
             f"pods: {self.pod_versions()}\n"
-            + self.kube.kubectl("get", "pods,rs", "-n", NAMESPACE, "-o", "wide", "--show-labels", check=False)
-            + self.kube.kubectl("describe", "rollout", "-n", NAMESPACE, check=False)[-3000:]
+            + self.kube.kubectl("get", "pods,rs", "-n", self.namespace, "-o", "wide", "--show-labels", check=False)
+            + self.kube.kubectl("describe", "rollout", "-n", self.namespace, check=False)[-3000:]
         )
 
 

@@ -105,6 +105,12 @@ def _edit(path: Path, old: str, new: str) -> None:
             "- environments/dev/values-old.yaml",
             "in dev valuesFiles",
         ),
+        (
+            "environments/flux/prod/penguins.yaml",
+            "kind: Rollout",
+            "kind: Deployment",
+            "healthCheckExprs entry for Rollout",
+        ),
         ("environments/flux/staging/chart.yaml", 'tag: "0.4.0"', 'tag: "0.3.0"', "OCIRepository of staging ref.tag"),
         ("environments/flux/prod/chart.yaml", "provider: cosign", "provider: notation", "cosign signature"),
         (
