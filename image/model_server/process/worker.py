@@ -21,9 +21,10 @@ GeventWorker, and why:
 * **No lock-out.** With a plain full-queue check, the connections just served take the places they
   free again (their clients send the next request at once), and a client that was shed finds the
   queue full whenever it comes back: under 16x overload (scripts/reliability) a client sending one
-  request at a time was admitted for 1 to 33 % of its attempts. While connections are being shed, a
+  request at a time was admitted for 0 to 33 % of its attempts. While connections are being shed, a
   connection whose last request was served stops a quarter of the queue short of full (at most one
-  place per shed connection), so the sheds rotate among the clients: 56 to 70 % admitted.
+  place per shed connection), so the sheds rotate among the clients: about half admitted (47 to 70 %
+  over thirteen runs).
 * **Drain without dropping a request.** On SIGTERM the worker keeps each open connection until its
   next request, which is answered with ``Connection: close``, or until it closes or stays idle for
   the keep-alive limit, within the graceful timeout. When the whole server stops (the master has
