@@ -159,19 +159,28 @@ def test_multiclass_gradient_boosting_matches_the_definition():
     np.testing.assert_allclose(baseline + contributions.sum(axis=1), value, atol=1e-9)
 
 
-def test_categorical_splits_route_as_scikit_learn_and_match_the_definition():
+@pytest.mark.parametrize("categories", ["codes", "strings"])
+def test_categorical_splits_route_as_scikit_learn_and_match_the_definition(categories):
     codes = FRAME.assign(plan=RNG.integers(0, 6, N).astype(float))
     codes.loc[RNG.random(N) < 0.1, "plan"] = np.nan
     # gaps score like plans 1 and 4: the splits send them (and unseen codes) left, where the bitset sends 1, 4
     target = TARGETS["regression"] + (np.isin(codes["plan"], [1, 4]) | codes["plan"].isna()) * 2.0
-    model = HistGradientBoostingRegressor(max_iter=6, max_depth=3, categorical_features=["plan"]).fit(codes, target)
+    if categories == "codes":  # categorical_features by name, on numeric codes
+        model = HistGradientBoostingRegressor(max_iter=6, max_depth=3, categorical_features=["plan"])
+        # unseen codes (7, 300), negative ones and gaps go where scikit-learn sends them
+        unseen: list = [7.0, 300.0, -1.0, np.nan]
+    else:  # a notebook's DataFrame: a pandas category dtype of strings, categorical_features="from_dtype"
+        names = {float(c): f"plan {int(c)}" for c in range(6)}
+        codes = codes.assign(plan=codes["plan"].map(names).astype(pd.CategoricalDtype([names[c] for c in names])))
+        model = HistGradientBoostingRegressor(max_iter=6, max_depth=3, categorical_features="from_dtype")
+        unseen = ["plan 7", "", None, np.nan]
+    model.fit(codes, target)
     ensemble = treeshap.hist_gradient_boosting(model)
     assert ensemble.category_left.shape[0] > 0, "the model must split on the categorical column"
     splits = [n for (p,) in model._predictors for n in p.nodes if n["is_categorical"] and not n["is_leaf"]]
     assert any(n["missing_go_to_left"] for n in splits), "unknown codes must go left somewhere, not only right"
-    # unseen codes (7, 300), negative ones and gaps go where scikit-learn sends them
-    probe = codes.head(40).copy()
-    probe.loc[probe.index[:4], "plan"] = [7.0, 300.0, -1.0, np.nan]
+    probe = codes.head(40).astype({"plan": object})
+    probe.loc[probe.index[:4], "plan"] = unseen
     _, decompose, sklearn_value = explain.trees(model)
     contributions, baseline, value = decompose(probe.to_numpy())
     np.testing.assert_allclose(value, sklearn_value(probe.to_numpy()), rtol=0, atol=1e-9)

@@ -13,8 +13,9 @@ tree). This module rebuilds two things from the fitted parameters:
   leaves from the tree's own Cython ``apply``, the leaf values summed in tree order as scikit-learn
   does, divided by the tree count. The same floating-point operations in the same order.
 * **histogram gradient boosting** (regressors, binary and multiclass classifiers, with their NaN routing,
-  categorical splits and own category encoding): every predictor's leaf found for all trees at once, the
-  leaf values added to the baseline in iteration order, then scikit-learn's own link and classes.
+  categorical splits and own category encoding, of codes or, fitted bare on a DataFrame, of its category
+  dtypes of strings): every predictor's leaf found for all trees at once, the leaf values added to the
+  baseline in iteration order, then scikit-learn's own link and classes.
 * **logistic regression**: ``X @ coef_.T + intercept_`` then scikit-learn's own expit / softmax.
 
 Anything else, or any option these do not cover (infrequent categories, indicators, pandas output,
@@ -507,11 +508,13 @@ HGB_WALK_ROWS = 64
 def hgb_own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray] | None:
     """HistGradientBoosting's own step before its trees, rebuilt, and for each column it outputs the input
     column it comes from (None without one): with categorical features, their values become codes (an
-    unknown value or a gap, NaN) and move to the front, the numbers follow as they are."""
+    unknown value or a gap, NaN) and move to the front, the numbers follow as they are. The categories are
+    numbers (categorical_features by index, on codes) or, fitted on a DataFrame's category dtypes, strings:
+    then the input is an object block, as the signature's columns arrive."""
     prepare = getattr(model, "_preprocessor", None)
     if prepare is None:
         return None
-    layout: list[tuple[slice, np.ndarray, Any]] = []
+    layout: list[tuple[slice, np.ndarray, list[Callable[[np.ndarray], np.ndarray]] | None]] = []
     origins = np.zeros(model.n_features_in_, dtype=np.intp)
     for name, step, columns in prepare.transformers_:
         where = prepare.output_indices_.get(name, slice(0, 0))
@@ -524,8 +527,7 @@ def hgb_own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np
                 np.isnan(step.unknown_value) and np.isnan(step.encoded_missing_value)
             ):
                 raise NotCompilable("HistGradientBoosting with an encoder configured otherwise than its own")
-            known = [np.asarray(c, dtype=np.float64) for c in step.categories_]
-            layout.append((where, picked, [c[~np.isnan(c)] for c in known]))
+            layout.append((where, picked, [_hgb_category_codes(np.asarray(c)) for c in step.categories_]))
         elif name == "numerical":
             layout.append((where, picked, None))
         else:
@@ -536,16 +538,37 @@ def hgb_own_encoding(model: Any) -> tuple[Callable[[np.ndarray], np.ndarray], np
         for where, picked, categories in layout:
             block = matrix[:, picked]
             if categories is None:
-                out[:, where] = block
+                out[:, where] = _final_matrix(block)
                 continue
-            for j, known in enumerate(categories):
-                values = block[:, j]
-                index = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
-                found = (known[index] == values) if len(known) else np.zeros(len(values), dtype=bool)
-                out[:, where.start + j] = np.where(found, index, np.nan)
+            for j, codes in enumerate(categories):
+                out[:, where.start + j] = codes(block[:, j])
         return out
 
     return encode, origins
+
+
+def _hgb_category_codes(categories: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """One categorical column's values -> their codes in HistGradientBoosting's own encoder, NaN for a missing
+    or unknown value (its encoder's unknown and missing value)."""
+    if categories.dtype != object:
+        known = categories.astype(np.float64)
+        known = known[~np.isnan(known)]
+
+        def numbers(values: np.ndarray) -> np.ndarray:
+            values = _final_matrix(values)
+            index = np.minimum(np.searchsorted(known, values), max(len(known) - 1, 0))
+            found = (known[index] == values) if len(known) else np.zeros(len(values), dtype=bool)
+            return np.where(found, index, np.nan)
+
+        return numbers
+    table, _ = _lookup(categories)  # a pandas category dtype holds no missing value among its categories
+
+    def strings(values: np.ndarray) -> np.ndarray:
+        codes = _codes(values, table, None).astype(np.float64)
+        codes[codes < 0] = np.nan
+        return codes
+
+    return strings
 
 
 def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
@@ -559,7 +582,7 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
     if not isinstance(model, BaseHistGradientBoosting):
         raise NotCompilable(f"{type(model).__name__} is not a HistGradientBoosting model")
     own_encoding = hgb_own_encoding(model)
-    encode = own_encoding[0] if own_encoding is not None else np.asarray
+    encode = own_encoding[0] if own_encoding is not None else _final_matrix
     known, feature_map = hgb_known_categories(model)
     trees = [predictor for iteration in model._predictors for predictor in iteration]
     outputs = len(model._predictors[0])
@@ -589,7 +612,7 @@ def hist_gradient_boosting_methods(model: Any) -> dict[str, Method]:
     baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(1, outputs)
 
     def raw(matrix: np.ndarray) -> np.ndarray:
-        x = encode(np.asarray(matrix, dtype=np.float64))
+        x = encode(matrix)
         rows = len(x)
         if rows > HGB_WALK_ROWS:  # many rows: each predictor's own Cython walk, added as scikit-learn adds it
             out = np.zeros((rows, outputs), order="F")
@@ -786,7 +809,8 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
             return _final_matrix(prepare.step(block_of(batch, signature)))
 
         return Plan(encode, {name: methods[name] for name in outputs}, path, final, prepare.origins)
-    if not signature.numeric:
+    strings = [j for j, column in enumerate(signature.columns) if column.datatype == BYTES]
+    if strings and not _encodes_its_own_strings(model, strings):
         raise NotCompilable("a bare estimator fitted on strings")
     methods, path = final_methods(model)
     if not methods:
@@ -797,12 +821,31 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
         raise NotCompilable(f"{type(model).__name__} fitted on a DataFrame, with {missing} not rebuilt here")
     for name in outputs:
         methods.setdefault(name, getattr(model, name))
+
+    def encode(batch: Batch) -> np.ndarray:
+        # strings reach the model's own encoder as they came (an object block); numbers as one float matrix
+        block = block_of(batch, signature)
+        return block if strings else _final_matrix(block)
+
     return Plan(
-        lambda batch: _final_matrix(block_of(batch, signature)),
+        encode,
         {n: methods[n] for n in outputs},
         path,
         model,
         np.arange(len(names)),
+    )
+
+
+def _encodes_its_own_strings(model: Any, columns: list[int]) -> bool:
+    """Whether ``model`` turns these input columns' strings into codes itself: a HistGradientBoosting model fitted
+    on a DataFrame's category dtypes (its default, categorical_features="from_dtype")."""
+    from sklearn.ensemble._hist_gradient_boosting.gradient_boosting import BaseHistGradientBoosting
+
+    categorical = getattr(model, "is_categorical_", None)
+    return (
+        isinstance(model, BaseHistGradientBoosting)
+        and categorical is not None
+        and bool(np.all(np.asarray(categorical)[columns]))
     )
 
 

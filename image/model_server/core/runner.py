@@ -131,13 +131,14 @@ class ModelRunner:
             )
         width = len(self._origins)
         vector = np.asarray(reference, dtype=np.float64) if reference is not None and len(reference) == width else None
-        if vector is None:  # no training mean recorded: the signature's typical row stands in
-            vector = np.asarray(self.encode(self.example_batch()), dtype=np.float64)[0]
+        typical = _model_matrix(self.encode(self.example_batch()))
+        if vector is None and typical.dtype != object:  # no training mean recorded: the typical row stands in
+            vector = typical[0]
         try:
             explainer = explain.explainer_for(self._final, self._origins, len(self.signature), vector)
         except explain.NotExplainable as exc:
             return str(exc)
-        probe = np.asarray(self.encode(compiled.probe_batches(self.signature)[0]), dtype=np.float64)
+        probe = _model_matrix(self.encode(compiled.probe_batches(self.signature)[0]))
         if not explainer.handles_missing:
             probe = probe[np.isfinite(probe).all(axis=1)]
         problem = explainer.check(probe) if len(probe) else "every probe row holds a missing value"
@@ -238,7 +239,7 @@ class ModelRunner:
         if explain.CONTRIBUTIONS in names or explain.BASELINE in names:
             assert self.explainer is not None
             with np.errstate(over="ignore", invalid="ignore"):
-                contributions, baseline = self.explainer.explain(np.asarray(model_input, dtype=np.float64))
+                contributions, baseline = self.explainer.explain(_model_matrix(model_input))
             results[explain.CONTRIBUTIONS], results[explain.BASELINE] = contributions, baseline
         for name in names:
             output = self.outputs[name]
@@ -276,6 +277,13 @@ class ModelRunner:
                     )
         log.info("model refused a request: %s: %s", type(exc).__name__, _clip(exc))
         return f"the model's {name}() refused these inputs: {_clip(exc)}"
+
+
+def _model_matrix(model_input: Any) -> np.ndarray:
+    """What an explainer decomposes: the model's input as float64, or as the object block it is when the model
+    encodes its own strings (compiled.hgb_own_encoding)."""
+    matrix = np.asarray(model_input)
+    return matrix if matrix.dtype == object else matrix.astype(np.float64, copy=False)
 
 
 def _clip(exc: Exception) -> str:
