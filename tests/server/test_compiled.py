@@ -213,6 +213,57 @@ PIPELINES = {
         ),
         Y_THREE,
     ),
+    "one-hot with infrequent categories and drop='first', unseen ones among them + logistic": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        impute_then(OneHotEncoder(max_categories=2, drop="first", handle_unknown="infrequent_if_exist"))
+                    ),
+                ),
+                ("m", LogisticRegression()),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "one-hot keeping two categories and dropping one if binary, NaN a category + forest": (
+        lambda: Pipeline(
+            [
+                ("p", ct(OneHotEncoder(max_categories=2, drop="if_binary", handle_unknown="ignore"))),
+                ("m", RandomForestClassifier(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_THREE,
+    ),
+    "ordinal with infrequent categories (min_frequency), NaN a category, unseen ones -1 + forest": (
+        lambda: Pipeline(
+            [
+                ("p", ct(OrdinalEncoder(min_frequency=60, handle_unknown="use_encoded_value", unknown_value=-1))),
+                ("m", RandomForestClassifier(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_CLASS,
+    ),
+    "ordinal keeping two categories (max_categories), NaN encoded -2, unseen ones -1 + gradient boosting": (
+        lambda: Pipeline(
+            [
+                (
+                    "p",
+                    ct(
+                        OrdinalEncoder(
+                            max_categories=2,
+                            handle_unknown="use_encoded_value",
+                            unknown_value=-1,
+                            encoded_missing_value=-2,
+                        )
+                    ),
+                ),
+                ("m", GradientBoostingRegressor(n_estimators=10, random_state=0)),
+            ]
+        ),
+        Y_REG,
+    ),
     "scaler without mean + k-means": (
         lambda: Pipeline(
             [
@@ -318,10 +369,10 @@ def test_an_unseen_category_the_encoder_refuses_names_the_column_on_the_compiled
 @pytest.mark.parametrize(
     "encoder",
     [
-        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=60, drop="first"),
+        OneHotEncoder(handle_unknown="ignore", dtype=np.int32, sparse_output=False),
         make_pipeline(FunctionTransformer(lambda block: block), OneHotEncoder(handle_unknown="ignore")),
     ],
-    ids=["infrequent categories and drop", "a function that is not a numpy ufunc"],
+    ids=["an encoder with an integer dtype", "a function that is not a numpy ufunc"],
 )
 def test_options_not_rebuilt_keep_scikit_learns_path(encoder):
     x = X.fillna({"shade": "mid"})

@@ -18,11 +18,11 @@ tree). This module rebuilds two things from the fitted parameters:
   baseline in iteration order, then scikit-learn's own link and classes.
 * **logistic regression**: ``X @ coef_.T + intercept_`` then scikit-learn's own expit / softmax.
 
-Anything else, or any option these do not cover (infrequent categories, indicators, pandas output,
-...), is left to scikit-learn. A compiled plan is used only after it has answered a probe set built
-from the signature (every category, unseen categories, nulls where nullable, spread numbers) the same
-as scikit-learn: labels identical, numbers equal to 1e-9 relative (in practice bit for bit), and the
-same requests refused. Otherwise the server logs why and keeps scikit-learn's path.
+Anything else, or any option these do not cover (pandas output, an encoder's integer dtype, a function
+other than a numpy ufunc, ...), is left to scikit-learn. A compiled plan is used only after it has
+answered a probe set built from the signature (every category, unseen categories, nulls where
+nullable, spread numbers) the same as scikit-learn: labels identical, numbers equal to 1e-9 relative
+(in practice bit for bit), and the same requests refused. Otherwise the server logs why and keeps scikit-learn's path.
 """
 
 from __future__ import annotations
@@ -156,9 +156,7 @@ def _codes(column: np.ndarray, table: dict[Any, int], nan_index: int | None) -> 
     return codes
 
 
-def _check_encoder(encoder: Any, infrequent: bool = False) -> None:
-    if getattr(encoder, "_infrequent_enabled", False) and not infrequent:
-        raise NotCompilable(f"{type(encoder).__name__} with infrequent categories")
+def _check_encoder(encoder: Any) -> None:
     if np.dtype(encoder.dtype) != np.float64:
         raise NotCompilable(f"{type(encoder).__name__} with dtype {encoder.dtype}")
 
@@ -172,27 +170,63 @@ def _unknown(encoder: Any, column: int, codes: np.ndarray, values: np.ndarray, n
     )
 
 
+@dataclass(frozen=True)
+class _Grouping:
+    """One encoder feature's infrequent categories (min_frequency, max_categories), as scikit-learn groups them:
+    the raw index an unknown value takes when it joins them, and each raw index's code after grouping."""
+
+    first_infrequent: int | None
+    mapping: np.ndarray | None
+
+
+def _groupings(encoder: Any) -> list[_Grouping]:
+    features = len(encoder.categories_)
+    if not getattr(encoder, "_infrequent_enabled", False):
+        return [_Grouping(None, None)] * features
+    indices = encoder._infrequent_indices
+    mappings = encoder._default_to_infrequent_mappings
+    return [
+        _Grouping(None if index is None else int(index[0]), None if mapping is None else np.asarray(mapping))
+        for index, mapping in zip(indices, mappings, strict=True)
+    ]
+
+
+def _encoded(
+    codes: np.ndarray, grouping: _Grouping, unknown_joins: bool, keep_raw: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's encoders' integer codes for one feature and which rows are known, in their order: an unknown
+    value takes index 0 (or the first infrequent one), the infrequent categories are grouped (all but the raw
+    index ``keep_raw``: OrdinalEncoder's missing-value category), and with ``unknown_joins`` an unknown value
+    counts as the infrequent group's."""
+    known = codes >= 0
+    x = np.where(known, codes, 0)
+    if grouping.first_infrequent is not None:
+        x[~known] = grouping.first_infrequent
+        if unknown_joins:
+            known = np.ones_like(known)
+    if grouping.mapping is not None:
+        regroup = slice(None) if keep_raw is None else x != keep_raw
+        x[regroup] = grouping.mapping[x[regroup]]
+    return x, known
+
+
 def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
-    _check_encoder(encoder, infrequent=True)
-    if encoder.handle_unknown not in ("error", "ignore", "infrequent_if_exist"):
+    _check_encoder(encoder)
+    handle_unknown = "infrequent_if_exist" if encoder.handle_unknown == "warn" else encoder.handle_unknown
+    if handle_unknown not in ("error", "ignore", "infrequent_if_exist"):
         raise NotCompilable(f"OneHotEncoder handle_unknown={encoder.handle_unknown!r}")
     lookups = [_lookup(np.asarray(c)) for c in encoder.categories_]
-    drops = encoder.drop_idx_ if encoder.drop_idx_ is not None else [None] * len(lookups)
-    # min_frequency / max_categories: each feature's categories -> output column, the rare ones sharing the last
-    # (scikit-learn's own mapping, None for a feature with none rare); an unseen value joins them with
-    # handle_unknown="infrequent_if_exist".
-    mappings = list(getattr(encoder, "_default_to_infrequent_mappings", None) or [None] * len(lookups))
-    if any(m is not None for m in mappings) and any(d is not None for d in drops):
-        raise NotCompilable("OneHotEncoder with both infrequent categories and drop")
-    # Output columns per feature: every category but the dropped one, or the frequent ones and one for the rest.
-    widths = [
-        len(c) - (d is not None) if m is None else int(np.max(m)) + 1
-        for c, d, m in zip(encoder.categories_, drops, mappings, strict=True)
-    ]
+    groupings = _groupings(encoder)
+    # The dropped category's code after grouping; None keeps them all (drop="if_binary" on a wider feature too).
+    after = getattr(encoder, "_drop_idx_after_grouping", None)
+    drops: list[int | None] = (
+        [None if d is None else int(d) for d in after] if after is not None else [None] * len(lookups)
+    )
+    widths = [int(w) for w in encoder._n_features_outs]
     offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.intp)
     total = int(sum(widths))
-    strict = encoder.handle_unknown == "error"
-    unknown_to_rare = encoder.handle_unknown == "infrequent_if_exist"
+    strict = handle_unknown == "error"
+    unknown_joins = handle_unknown == "infrequent_if_exist"
 
     def encode(block: Block) -> Block:
         rows = block.shape[0]
@@ -201,15 +235,12 @@ def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
             codes = _codes(block[:, j], table, nan_index)
             if strict and (codes < 0).any():
                 raise _unknown(encoder, j, codes, block[:, j], names)
-            drop, mapping = drops[j], mappings[j]
-            if mapping is not None:
-                rare = widths[j] - 1
-                codes = np.where(codes >= 0, np.asarray(mapping)[codes], rare if unknown_to_rare else -1)
-            keep = codes >= 0
+            x, keep = _encoded(codes, groupings[j], unknown_joins)
+            drop = drops[j]
             if drop is not None:
-                keep &= codes != drop
-                codes = np.where(codes > drop, codes - 1, codes)
-            out[np.flatnonzero(keep), offsets[j] + codes[keep]] = 1.0
+                keep &= x != drop
+                x = np.where(x > drop, x - 1, x)
+            out[np.flatnonzero(keep), offsets[j] + x[keep]] = 1.0
         return out
 
     return Stage(encode, np.repeat(np.arange(len(widths)), widths))
@@ -217,7 +248,10 @@ def _one_hot_encoder(encoder: Any, names: list[str]) -> Stage:
 
 def _ordinal_encoder(encoder: Any, names: list[str]) -> Step:
     _check_encoder(encoder)
+    if encoder.handle_unknown not in ("error", "use_encoded_value"):
+        raise NotCompilable(f"OrdinalEncoder handle_unknown={encoder.handle_unknown!r}")
     lookups = [_lookup(np.asarray(c)) for c in encoder.categories_]
+    groupings = _groupings(encoder)
     use_unknown_value = encoder.handle_unknown == "use_encoded_value"
     missing_indices = dict(getattr(encoder, "_missing_indices", {}) or {})
 
@@ -225,14 +259,15 @@ def _ordinal_encoder(encoder: Any, names: list[str]) -> Step:
         out = np.empty(block.shape, dtype=np.float64)
         for j, (table, nan_index) in enumerate(lookups):
             codes = _codes(block[:, j], table, nan_index)
-            unknown = codes < 0
-            if unknown.any() and not use_unknown_value:
+            if not use_unknown_value and (codes < 0).any():
                 raise _unknown(encoder, j, codes, block[:, j], names)
-            column = codes.astype(np.float64)
-            if j in missing_indices:
-                column[codes == missing_indices[j]] = encoder.encoded_missing_value
-            if unknown.any():
-                column[unknown] = encoder.unknown_value
+            missing = missing_indices.get(j)
+            x, known = _encoded(codes, groupings[j], False, keep_raw=missing)
+            column = x.astype(np.float64)
+            if missing is not None:  # compared after grouping, as scikit-learn compares
+                column[x == missing] = encoder.encoded_missing_value
+            if use_unknown_value:
+                column[~known] = encoder.unknown_value
             out[:, j] = column
         return out
 
