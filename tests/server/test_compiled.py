@@ -29,6 +29,7 @@ from sklearn.preprocessing import (
     MinMaxScaler,
     OneHotEncoder,
     OrdinalEncoder,
+    PolynomialFeatures,
     RobustScaler,
     StandardScaler,
 )
@@ -67,6 +68,10 @@ def ct(strings, numbers=None, remainder="drop", **kwargs):
 
 def impute_then(encoder):
     return make_pipeline(SimpleImputer(strategy="most_frequent"), encoder)
+
+
+def poly_numbers(degree, **options):
+    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), PolynomialFeatures(degree, **options))
 
 
 PIPELINES = {
@@ -263,6 +268,22 @@ PIPELINES = {
             ]
         ),
         Y_REG,
+    ),
+    "polynomial features (degree 2) of the scaled numbers + ridge": (
+        lambda: Pipeline(
+            [("p", ct(impute_then(OneHotEncoder(handle_unknown="ignore")), poly_numbers(2))), ("m", Ridge())]
+        ),
+        Y_REG,
+    ),
+    "polynomial features (degree 3, no bias) of every encoded column + logistic (three classes)": (
+        lambda: Pipeline(
+            [
+                ("p", ct(impute_then(OneHotEncoder(handle_unknown="ignore", sparse_output=False)))),
+                ("poly", PolynomialFeatures(degree=3, include_bias=False)),
+                ("m", LogisticRegression(max_iter=2000)),
+            ]
+        ),
+        Y_THREE,
     ),
     "scaler without mean + k-means": (
         lambda: Pipeline(

@@ -158,9 +158,23 @@ def _poisson_boosting():
     return model.fit(X.astype({"colour": "category"}), np.abs(SCORE))
 
 
+def _polynomial_ridge():
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import PolynomialFeatures
+
+    steps = prepared(Ridge()).steps
+    return Pipeline([steps[0], ("expand", PolynomialFeatures(2)), steps[1]]).fit(X, SCORE)
+
+
 REFUSALS = {
     # a family explained nowhere here: the refusal says which families are
     "k-means": (_kmeans, "they are for linear models"),
+    # an explained family after a step that multiplies columns: no exact part per column, and never
+    # listed as supported
+    "ridge after polynomial features": (
+        _polynomial_ridge,
+        "explanations are not available for this Ridge: its preprocessing multiplies input columns",
+    ),
     # an explained family in a configuration that is not (a log link: the prediction is not the trees' sum):
     # never listed as supported
     "hist gradient boosting, poisson loss": (

@@ -6,9 +6,10 @@ for one row on a DataFrame, a 100-tree random forest ~5 ms (one joblib task and 
 tree). This module rebuilds two things from the fitted parameters:
 
 * **preprocessing**: the transformers before a Pipeline's final step (ColumnTransformer,
-  SimpleImputer, OneHotEncoder, OrdinalEncoder, StandardScaler, MinMaxScaler, passthrough, nested
-  Pipelines), applied to the request's checked columns directly, with the same arithmetic in the
-  same order; no DataFrame is built. The final estimator's own methods then run on the result.
+  SimpleImputer, OneHotEncoder, OrdinalEncoder, StandardScaler, RobustScaler, MinMaxScaler, a
+  FunctionTransformer of a numpy ufunc, PolynomialFeatures, passthrough, nested Pipelines), applied
+  to the request's checked columns directly, with the same arithmetic in the same order; no
+  DataFrame is built. The final estimator's own methods then run on the result.
 * **forests**: RandomForest / ExtraTrees classifiers and regressors (one output): every tree's
   leaves from the tree's own Cython ``apply``, the leaf values summed in tree order as scikit-learn
   does, divided by the tree count. The same floating-point operations in the same order.
@@ -47,10 +48,15 @@ Step = Callable[[Block], Block]
 Method = Callable[[Any], Any]
 
 
+# The origin of an output column computed from several input columns (PolynomialFeatures' interaction terms):
+# no one column a client sent to sum its contribution back to.
+MIXED = -1
+
+
 @dataclass(frozen=True)
 class Stage:
     """A compiled transformer, and for each column it outputs, the input column it comes from
-    (explanations sum encoded columns back to the column a client sent)."""
+    (explanations sum encoded columns back to the column a client sent), or MIXED."""
 
     step: Step
     origins: np.ndarray
@@ -58,6 +64,11 @@ class Stage:
 
 def _one_to_one(step: Step, names: list[str]) -> Stage:
     return Stage(step, np.arange(len(names)))
+
+
+def _traced(origins: np.ndarray, through: np.ndarray) -> np.ndarray:
+    """``origins`` (of a stage's input columns) carried through a stage whose output columns come from ``through``."""
+    return np.where(through == MIXED, MIXED, origins[np.maximum(through, 0)])
 
 
 @dataclass(frozen=True)
@@ -311,6 +322,29 @@ def _function_transformer(function: Any) -> Step:
     return apply
 
 
+def _polynomial_features(poly: Any) -> Stage:
+    """PolynomialFeatures (dense): each output column the product of its input columns, multiplied in scikit-learn's
+    order (a degree-d term is a degree-(d-1) term times its lowest column: x_a * (x_b * x_c)), so bit for bit."""
+    combinations = [np.repeat(np.arange(poly.n_features_in_), row) for row in np.asarray(poly.powers_)]
+
+    def expand(block: Block) -> Block:
+        x = _as_float(block)
+        out = np.empty((x.shape[0], len(combinations)), dtype=np.float64)
+        for k, columns in enumerate(combinations):
+            if not len(columns):
+                out[:, k] = 1.0
+                continue
+            term = x[:, columns[-1]].copy()
+            for j in columns[-2::-1]:
+                term *= x[:, j]
+            out[:, k] = term
+        return out
+
+    # A power of one column comes from it; the bias from none (a constant: no part in any explanation), so any.
+    origins = [c[0] if len(set(c.tolist())) == 1 else (0 if not len(c) else MIXED) for c in combinations]
+    return Stage(expand, np.asarray(origins, dtype=np.intp))
+
+
 def _min_max_scaler(scaler: Any) -> Step:
     low, high = scaler.feature_range
 
@@ -345,6 +379,7 @@ def transformer(estimator: Any, names: list[str]) -> Stage:
         MinMaxScaler,
         OneHotEncoder,
         OrdinalEncoder,
+        PolynomialFeatures,
         RobustScaler,
         StandardScaler,
     )
@@ -363,6 +398,8 @@ def transformer(estimator: Any, names: list[str]) -> Stage:
         return column_transformer(estimator, names)
     if kind is OneHotEncoder:
         return _one_hot_encoder(estimator, names)
+    if kind is PolynomialFeatures:
+        return _polynomial_features(estimator)
     builders: dict[type, Callable[[Any], Step]] = {
         StandardScaler: _standard_scaler,
         RobustScaler: _robust_scaler,
@@ -380,9 +417,9 @@ def chain(estimators: list[Any], names: list[str]) -> Stage:
     steps: list[Step] = []
     origins = np.arange(len(names))
     for estimator in estimators:
-        stage = transformer(estimator, [names[i] for i in origins])
+        stage = transformer(estimator, [names[i] if i != MIXED else "(a product of columns)" for i in origins])
         steps.append(stage.step)
-        origins = origins[stage.origins]
+        origins = _traced(origins, stage.origins)
 
     def run(block: Block) -> Block:
         for step in steps:
@@ -402,7 +439,7 @@ def column_transformer(ct: Any, names: list[str]) -> Stage:
             continue
         stage = transformer(fitted, [names[i] for i in indices])
         parts.append((indices, stage.step))
-        origins.append(indices[stage.origins])
+        origins.append(_traced(indices, stage.origins))
 
     def run(block: Block) -> Block:
         outputs = []

@@ -129,6 +129,11 @@ class ModelRunner:
             return (
                 f"{self.description.estimator} is served by scikit-learn's own path, whose steps are not rebuilt here"
             )
+        if (self._origins == compiled.MIXED).any():
+            return (
+                "its preprocessing multiplies input columns together (PolynomialFeatures' interaction terms), "
+                "so no exact part per input column is computed here"
+            )
         width = len(self._origins)
         vector = np.asarray(reference, dtype=np.float64) if reference is not None and len(reference) == width else None
         typical = _model_matrix(self.encode(self.example_batch()))
