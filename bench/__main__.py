@@ -295,7 +295,7 @@ def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
         name, options = MODELS[kind]
         fitted, metadata = train.train(name=name, **options)
         directory = scratch / f"model-{kind}"
-        artifact.save(fitted, metadata, directory)
+        artifact.save(fitted, metadata, directory, prove=True)
         joblib.dump(fitted, scratch / f"{kind}.joblib")
         models[kind] = Model(kind, name, directory, scratch / f"{kind}.joblib")
     return models
@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import compiled_paths
 
         return compiled_paths.main(argv[1:])
+    if argv[:1] == ["--cold-start"]:
+        from bench import cold_start
+
+        return cold_start.main(argv[1:])
     if argv[:1] == ["--drift-floor"]:
         from bench import drift_floor
 

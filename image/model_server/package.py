@@ -425,7 +425,7 @@ def package(args: argparse.Namespace) -> dict[str, Any]:
                 "(if you trust them: --trust-type TYPE here and MODEL_SERVER_TRUSTED_TYPES on the server)"
             )
 
-    artifact.save(model, metadata, args.output, verify=server_would_load)
+    artifact.save(model, metadata, args.output, verify=server_would_load, prove=True)
     return artifact.read_metadata(args.output)
 
 

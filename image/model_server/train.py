@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     except package.PackageError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 1
-    artifact.save(model, metadata, args.output, fmt=args.format)
+    artifact.save(model, metadata, args.output, fmt=args.format, prove=True)
     scores = ", ".join(f"{key} {value}" for key, value in metadata["metrics"].items() if not key.endswith("_rows"))
     trained = f"{metadata['estimator']} '{metadata['name']}' v{metadata['version']}"
     print(f"trained {trained}: held-out {scores} -> {args.output}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from ..config import MODEL_METHODS
 from ..errors import ArtifactError
 from .signature import Signature
 from .signature import read as read_signature
+
+log = logging.getLogger("model_server.core.artifact")
 
 METADATA_FILE = "metadata.json"
 SKOPS_FILE = "model.skops"
@@ -113,11 +116,13 @@ def save(
     *,
     fmt: str = "skops",
     verify: Callable[[Path], None] | None = None,
+    prove: bool = False,
 ) -> Path:
     """Write ``model`` and its metadata (schema 2) to ``directory`` atomically; return the metadata path.
 
     An existing directory is replaced only once the new one is complete and ``verify`` (given the
-    written model file) has not raised.
+    written model file) has not raised. With ``prove``, the load-time proofs run now and their answer
+    is recorded (proof.py), so that a server with this code and these libraries starts without them.
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +150,8 @@ def save(
             "model_sha256": sha256_file(staging / model_file),
             "sklearn_version": sklearn.__version__,
         }
+        if prove:
+            full["proof"] = _proof_of(model, full)
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
         # mkdtemp makes 0700; the serving user (not the trainer) must be able to read the artifact.
         os.chmod(staging, 0o755)  # noqa: S103
@@ -160,6 +167,17 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory / METADATA_FILE
+
+
+def _proof_of(model: Any, metadata: dict[str, Any]) -> dict[str, str] | None:
+    """The proofs' recorded answer; None (a server proves at load) when the model cannot be run as served."""
+    from .proof import record
+
+    try:
+        return record(model, metadata)
+    except Exception as exc:  # the server will say what is wrong when it loads the artifact; saving goes on
+        log.info("load-time proofs not recorded: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 from .. import metrics
 from ..config import Settings
 from ..errors import ArtifactError, NotFound, NotReady
-from . import artifact, drift, outcomes
+from . import artifact, drift, outcomes, proof
 from .artifact import Artifact, Expectations
 from .columns import Batch
 from .runner import ModelRunner
@@ -95,6 +95,7 @@ class ModelHolder:
                 loaded.signature,
                 loaded.metadata.get("explanation", {}).get("reference"),
                 compiled_paths=settings.compiled,
+                proved=proof.recorded(loaded.metadata),
             )
             missing = [name for name in settings.default_outputs if name not in runner.outputs]
             if missing:

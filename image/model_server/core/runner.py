@@ -19,6 +19,7 @@ from ..config import MODEL_METHODS
 from ..errors import ArtifactError, Unprocessable
 from . import codecs, compiled, explain
 from .columns import Batch
+from .proof import Proof
 from .signature import BOOL, BYTES, FP64, INT64, Output, Signature
 
 log = logging.getLogger("model_server.core.runner")
@@ -94,7 +95,10 @@ class ModelRunner:
         explain_reference: list[float] | None = None,
         *,
         compiled_paths: bool = True,
+        proved: Proof | None = None,
     ) -> None:
+        """``proved``: what proving this model found when it was packaged (proof.recorded), taken instead of
+        proving again; only with compiled paths, since it was found with them."""
         self.model = model
         self.signature = signature
         self.codec = codecs.choose(signature)
@@ -116,15 +120,20 @@ class ModelRunner:
             self.methods["predict"] = fast
             path = "linear fast path"
         elif compiled_paths:
-            path = self._compile(path)
+            path = self._compile(path, proved)
+        if not compiled_paths:
+            proved = None
         classes = classes_of(model)
         self.description = Description(task_of(model), type(model).__name__, classes, path)
         self.outputs = self._probe_outputs(classes)
         self.explainer: explain.Explainer | None = None
-        self.unexplained = self._explainer(explain_reference)
+        self.unexplained = self._explainer(explain_reference, proved)
 
-    def _explainer(self, reference: list[float] | None) -> str:
-        """Set up contributions and baseline where the model has an exact decomposition; else why not."""
+    def _explainer(self, reference: list[float] | None, proved: Proof | None = None) -> str:
+        """Set up contributions and baseline where the model has an exact decomposition; else why not. Checked
+        against scikit-learn's value on a probe batch, unless ``proved`` already says how that went."""
+        if proved is not None and proved.unexplained:
+            return proved.unexplained
         if self._final is None or self._origins is None:
             return (
                 f"{self.description.estimator} is served by scikit-learn's own path, whose steps are not rebuilt here"
@@ -143,10 +152,7 @@ class ModelRunner:
             explainer = explain.explainer_for(self._final, self._origins, len(self.signature), vector)
         except explain.NotExplainable as exc:
             return str(exc)
-        probe = _model_matrix(self.encode(compiled.probe_batches(self.signature)[0]))
-        if not explainer.handles_missing:
-            probe = probe[np.isfinite(probe).all(axis=1)]
-        problem = explainer.check(probe) if len(probe) else "every probe row holds a missing value"
+        problem = None if proved is not None else self._check(explainer)
         if problem is not None:
             log.warning("explanations not served for this model: %s", problem)
             return problem
@@ -182,12 +188,24 @@ class ModelRunner:
         reason = explain.refusal(type(self.final_estimator).__name__, self.unexplained)
         return dict.fromkeys(explain.OUTPUTS, reason)
 
-    def _compile(self, path: str) -> str:
-        """Use a compiled plan (compiled.py) when there is one and it answers the probes as sklearn does."""
+    def _check(self, explainer: explain.Explainer) -> str | None:
+        probe = _model_matrix(self.encode(compiled.probe_batches(self.signature)[0]))
+        if not explainer.handles_missing:
+            probe = probe[np.isfinite(probe).all(axis=1)]
+        return explainer.check(probe) if len(probe) else "every probe row holds a missing value"
+
+    def _compile(self, path: str, proved: Proof | None = None) -> str:
+        """Use a compiled plan (compiled.py) when there is one and it answers the probes as sklearn does, or
+        ``proved`` says it did when the model was packaged."""
+        if proved is not None and proved.path == path:
+            return path  # packaging found no plan, or one that disagreed
         try:
             candidate = compiled.plan(self.model, self.signature, tuple(self.methods))
-            reference = compiled.Plan(self.encode, dict(self.methods), path)
-            problem = compiled.prove(candidate, reference, compiled.probe_batches(self.signature))
+            if proved is not None and proved.path == candidate.path:
+                problem = None
+            else:
+                reference = compiled.Plan(self.encode, dict(self.methods), path)
+                problem = compiled.prove(candidate, reference, compiled.probe_batches(self.signature))
         except compiled.NotCompilable as exc:
             log.debug("no compiled plan: %s", exc)
             return path
