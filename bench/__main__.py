@@ -41,6 +41,8 @@ MODELS: dict[str, tuple[str, TrainOptions]] = {
     "forest": ("penguins-forest", {"demo": "penguins", "estimator": "random-forest", "trees": 100}),
     # README's own "bring your own model" shape: OrdinalEncoder + HistGradientBoosting on categorical codes
     "hgb": ("penguins-hgb", {"demo": "penguins", "estimator": "hgb-pipeline", "trees": 100}),
+    # GradientBoosting after the penguin preprocessing: 100 stages of 3 trees (one per class)
+    "gb": ("penguins-gb", {"demo": "penguins", "estimator": "gradient-boosting", "trees": 100}),
 }
 SHAPES = {
     f"{kind + '-' if kind != 'linear' else ''}{protocol}-{rows}": (kind, protocol, rows)

@@ -95,7 +95,7 @@ PENGUIN_NUMBERS = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body
 
 def penguin_estimators(trees: int) -> dict[str, Callable[[], Any]]:
     from sklearn.compose import ColumnTransformer
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline, make_pipeline
@@ -117,6 +117,8 @@ def penguin_estimators(trees: int) -> dict[str, Callable[[], Any]]:
     return {
         "logistic": lambda: pipeline(LogisticRegression(max_iter=1000, random_state=SEED)),
         "random-forest": lambda: pipeline(RandomForestClassifier(n_estimators=trees, random_state=SEED)),
+        # Three classes: one regression tree per class and stage, trees * 3 in all.
+        "gradient-boosting": lambda: pipeline(GradientBoostingClassifier(n_estimators=trees, random_state=SEED)),
         # Native categorical support: the string columns arrive as pandas categories, no encoder.
         "hist-gradient-boosting": lambda: HistGradientBoostingClassifier(
             categorical_features="from_dtype", random_state=SEED
@@ -212,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--estimator",
         help="diabetes: linear (default), ridge, random-forest; penguins: logistic (default), random-forest, "
-        "hist-gradient-boosting, hgb-pipeline",
+        "gradient-boosting, hist-gradient-boosting, hgb-pipeline",
     )
     parser.add_argument(
-        "--trees", type=int, default=100, help="trees in a random forest, iterations of hgb-pipeline (default 100)"
+        "--trees",
+        type=int,
+        default=100,
+        help="trees in a random forest, stages of gradient-boosting, iterations of hgb-pipeline (default 100)",
     )
     parser.add_argument("--name", type=package.valid_name, help="model name served in URLs (default: the demo's)")
     parser.add_argument("--version", type=package.valid_name, default="1", help="model version string (default: 1)")
