@@ -13,6 +13,7 @@ medians are printed with the range of the rounds.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import statistics
 import sys
@@ -303,32 +304,23 @@ def prepare_models(kinds: list[str], scratch: Path) -> dict[str, Model]:
     return models
 
 
+# scripts/bench FLAG ...: the module under bench/ that runs it
+OTHER_BENCHMARKS = {
+    "--batching": "batching",
+    "--revisions": "revisions",
+    "--grpc": "grpc_load",
+    "--compiled": "compiled_paths",
+    "--cold-start": "cold_start",
+    "--drift-floor": "drift_floor",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--batching"]:
-        from bench import batching
-
-        return batching.main(argv[1:])
-    if argv[:1] == ["--revisions"]:
-        from bench import revisions
-
-        return revisions.main(argv[1:])
-    if argv[:1] == ["--grpc"]:
-        from bench import grpc_load
-
-        return grpc_load.main(argv[1:])
-    if argv[:1] == ["--compiled"]:
-        from bench import compiled_paths
-
-        return compiled_paths.main(argv[1:])
-    if argv[:1] == ["--cold-start"]:
-        from bench import cold_start
-
-        return cold_start.main(argv[1:])
-    if argv[:1] == ["--drift-floor"]:
-        from bench import drift_floor
-
-        return drift_floor.main(argv[1:])
+    if argv[:1] and argv[0] in OTHER_BENCHMARKS:  # a benchmark of its own, with its own arguments
+        other = importlib.import_module(f"bench.{OTHER_BENCHMARKS[argv[0]]}")
+        code: int = other.main(argv[1:])
+        return code
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--servers",
