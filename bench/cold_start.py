@@ -17,8 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.__main__ import MODELS, ROOT, Model, _ours
-from bench.harness import Server, choose
+from bench.__main__ import MODELS, Model, _ours
+from bench.harness import ROOT, Server, choose
 
 
 def _servers(model: Model, unproved: Path, scratch: Path, workers: int) -> list[Server]:

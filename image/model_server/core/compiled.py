@@ -894,13 +894,13 @@ def plan(model: Any, signature: Signature, outputs: tuple[str, ...]) -> Plan:
     for name in outputs:
         methods.setdefault(name, getattr(model, name))
 
-    def encode(batch: Batch) -> np.ndarray:
+    def model_input(batch: Batch) -> np.ndarray:
         # strings reach the model's own encoder as they came (an object block); numbers as one float matrix
         block = block_of(batch, signature)
         return block if strings else _final_matrix(block)
 
     return Plan(
-        encode,
+        model_input,
         {n: methods[n] for n in outputs},
         path,
         model,

@@ -78,7 +78,7 @@ def recorded(metadata: dict[str, Any]) -> Proof | None:
     entry = metadata.get("proof")
     if not isinstance(entry, dict):
         return None
-    fields = {key: entry.get(key) for key in ("fingerprint", "path", "unexplained")}
-    if not all(isinstance(value, str) for value in fields.values()) or fields["fingerprint"] != fingerprint(metadata):
+    made_for, path, unexplained = (entry.get(key) for key in ("fingerprint", "path", "unexplained"))
+    if not (isinstance(made_for, str) and isinstance(path, str) and isinstance(unexplained, str)):
         return None
-    return Proof(**fields)
+    return Proof(made_for, path, unexplained) if made_for == fingerprint(metadata) else None
