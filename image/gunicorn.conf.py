@@ -100,6 +100,12 @@ if settings.worker_class == "gevent":
     from model_server.process.worker import after_request as post_request  # noqa: F401 - gunicorn reads it by name
 
 
+def post_fork(server, worker):
+    # The first thing a worker does: keep a stop signal that comes before gunicorn's own handlers are in place.
+    if hasattr(worker, "hold_early_signals"):
+        worker.hold_early_signals()
+
+
 def pre_fork(server, worker):
     # Everything the master imported and loaded (numpy, scikit-learn, the model) lives as long as the
     # workers do: moving it out of the collector's reach keeps full collections short (no multi-ms

@@ -234,3 +234,52 @@ def test_a_shed_is_answered_before_the_request_reaches_the_app(start_server, art
     assert all(rid in logged for rid, r in answers if r.status_code == 200)
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     assert f'model_server_shed_requests_total{{reason="queue"}} {float(len(shed))}' in metrics
+
+
+def test_a_worker_stopped_while_it_starts_stops_at_once_not_at_the_graceful_timeout(artifact_dir, tmp_path):
+    # A stop signal the moment a worker is forked, before gunicorn has put the worker's own handlers in place:
+    # here the first worker sends SIGTERM to itself from a post_fork hook run after the image's own hooks.
+    # Lost, the worker would serve on and the master would stop only at the graceful timeout (20 s).
+    import runpy
+    import subprocess
+    import sys
+
+    from tests.conftest import IMAGE_DIR
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import os, runpy, signal\n"
+        f"_image = runpy.run_path({str(IMAGE_DIR / 'gunicorn.conf.py')!r})\n"
+        "globals().update({k: v for k, v in _image.items() if not k.startswith('__')})\n"
+        "def post_fork(server, worker):\n"
+        "    _image['post_fork'](server, worker)\n"
+        "    if worker.age == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    assert "post_fork" in runpy.run_path(str(IMAGE_DIR / "gunicorn.conf.py"))  # the hook under test exists
+    port = local.free_port()
+    launch = local.model_server(port, tmp_path / "metrics", artifact_dir, MODEL_SERVER_WORKERS="2")
+    log = (tmp_path / "gunicorn.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(conf)],
+        cwd=launch.cwd,
+        env={**os.environ, **launch.env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        logs = tmp_path / "gunicorn.log"
+        wait_for(lambda: "came while it was starting" in logs.read_text(), "the first worker kept its early SIGTERM")
+        # its place is taken by a new worker, and the server answers (the positive control: only age 1 stops)
+        wait_for(lambda: logs.read_text().count("Booting worker") >= 3, "the stopped worker was not replaced")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: fresh_predictions(url, 1) == ["200"], "the server did not answer")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        assert time.monotonic() - started < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -163,6 +164,20 @@ class ModelServerWorker(GeventWorker):
         # fork (gevent's patched ssl) and rebuilds them when the certificate files change.
         self.tls = ServerTls.from_settings(settings)
         self._stopping: Event | None = None
+        self.early_signal: int | None = None  # a stop signal that came before gunicorn's handlers (hold_early_signals)
+
+    def hold_early_signals(self) -> None:
+        """Right after the fork (gunicorn.conf.py's post_fork), until gunicorn installs this worker's own
+        handlers: the master's handlers are still in place, and they put a signal in the master's queue, in
+        this process a copy nobody reads. A SIGTERM in those first ~60 ms (gevent's patching, the worker's
+        setup) was lost, and the server stopped only when the master killed the worker at the graceful
+        timeout: 20 s for a server stopped just after it answered its first prediction. Kept here, it is
+        acted on as soon as the worker runs."""
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(stop, self._hold)
+
+    def _hold(self, sig: int, frame: Any) -> None:
+        self.early_signal = sig
 
     # ---- serving -------------------------------------------------------------------------------------
 
@@ -188,6 +203,9 @@ class ModelServerWorker(GeventWorker):
             server.start()
             servers.append((server, listener))
         self._stopping = Event()
+        if self.early_signal is not None:  # stopped while it was starting: drain at once (nothing is open yet)
+            self.log.info("worker stopping: signal %s came while it was starting", self.early_signal)
+            self.alive = False
         while self.alive:
             self.notify()
             # Certificates and tokens looked at every heartbeat too, not only when a connection or request
