@@ -121,8 +121,8 @@ class ModelRunner:
             path = "linear fast path"
         elif compiled_paths:
             path = self._compile(path, proved)
-        if not compiled_paths:
-            proved = None
+        else:
+            proved = None  # found with the compiled paths: says nothing of scikit-learn's own
         classes = classes_of(model)
         self.description = Description(task_of(model), type(model).__name__, classes, path)
         self.outputs = self._probe_outputs(classes)
@@ -145,9 +145,9 @@ class ModelRunner:
             )
         width = len(self._origins)
         vector = np.asarray(reference, dtype=np.float64) if reference is not None and len(reference) == width else None
-        typical = _model_matrix(self.encode(self.example_batch()))
-        if vector is None and typical.dtype != object:  # no training mean recorded: the typical row stands in
-            vector = typical[0]
+        if vector is None:  # no training mean recorded: the typical row stands in (a numeric one: linear models)
+            typical = _model_matrix(self.encode(self.example_batch()))
+            vector = typical[0] if typical.dtype != object else None
         try:
             explainer = explain.explainer_for(self._final, self._origins, len(self.signature), vector)
         except explain.NotExplainable as exc:
