@@ -5,12 +5,17 @@ Each runs the real gunicorn with the image's gunicorn.conf.py on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -236,50 +241,118 @@ def test_a_shed_is_answered_before_the_request_reaches_the_app(start_server, art
     assert f'model_server_shed_requests_total{{reason="queue"}} {float(len(shed))}' in metrics
 
 
+@contextlib.contextmanager
+def serving_with_hooks(hooks: str, artifact_dir, tmp_path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """The image's server with ``hooks`` (gunicorn hook definitions, which may call the image's own through
+    ``_image``) added to its gunicorn.conf.py: the process, its port and its log, stopped on the way out."""
+    from tests.conftest import IMAGE_DIR
+
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(
+        "import gc, os, runpy, signal\n"
+        f"_image = runpy.run_path({str(IMAGE_DIR / 'gunicorn.conf.py')!r})\n"
+        "globals().update({k: v for k, v in _image.items() if not k.startswith('__')})\n" + hooks
+    )
+    port = local.free_port()
+    launch = local.model_server(port, tmp_path / "metrics", artifact_dir, MODEL_SERVER_WORKERS="2")
+    logs = tmp_path / "gunicorn.log"
+    with logs.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(conf)],
+            cwd=launch.cwd,
+            env={**os.environ, **launch.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process, port, logs
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def test_a_worker_stopped_while_it_starts_stops_at_once_not_at_the_graceful_timeout(artifact_dir, tmp_path):
     # A stop signal the moment a worker is forked, before gunicorn has put the worker's own handlers in place:
     # here the first worker sends SIGTERM to itself from a post_fork hook run after the image's own hooks.
     # Lost, the worker would serve on and the master would stop only at the graceful timeout (20 s).
     import runpy
-    import subprocess
-    import sys
 
     from tests.conftest import IMAGE_DIR
 
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(
-        "import os, runpy, signal\n"
-        f"_image = runpy.run_path({str(IMAGE_DIR / 'gunicorn.conf.py')!r})\n"
-        "globals().update({k: v for k, v in _image.items() if not k.startswith('__')})\n"
+    assert "post_fork" in runpy.run_path(str(IMAGE_DIR / "gunicorn.conf.py"))  # the hook under test exists
+    hooks = (
         "def post_fork(server, worker):\n"
         "    _image['post_fork'](server, worker)\n"
         "    if worker.age == 1:\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
     )
-    assert "post_fork" in runpy.run_path(str(IMAGE_DIR / "gunicorn.conf.py"))  # the hook under test exists
-    port = local.free_port()
-    launch = local.model_server(port, tmp_path / "metrics", artifact_dir, MODEL_SERVER_WORKERS="2")
-    log = (tmp_path / "gunicorn.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(conf)],
-        cwd=launch.cwd,
-        env={**os.environ, **launch.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        logs = tmp_path / "gunicorn.log"
+    with serving_with_hooks(hooks, artifact_dir, tmp_path) as (process, port, logs):
         wait_for(lambda: "came while it was starting" in logs.read_text(), "the first worker kept its early SIGTERM")
         # its place is taken by a new worker, and the server answers (the positive control: only age 1 stops)
         wait_for(lambda: logs.read_text().count("Booting worker") >= 3, "the stopped worker was not replaced")
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: fresh_predictions(url, 1) == ["200"], "the server did not answer")
+        wait_for(lambda: fresh_predictions(f"http://127.0.0.1:{port}", 1) == ["200"], "the server did not answer")
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(15)
         assert time.monotonic() - started < 5
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+
+
+def test_a_worker_patches_with_one_scan_of_the_installed_distributions_and_gevent_plugins_still_run(tmp_path):
+    # gevent looks its plugins up 25 times while it patches; each look-up read every installed distribution's
+    # metadata (170 ms of each worker's start). Counted here in a fresh interpreter, with a plugin of our own
+    # installed (the positive control: the look-ups are answered, not skipped).
+    (tmp_path / "probe_plugin.py").write_text("seen = []\ndef will_patch_all(event):\n    seen.append(event)\n")
+    info = tmp_path / "probe_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: probe-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[gevent.plugins.monkey.will_patch_all]\nprobe = probe_plugin:will_patch_all\n"
+    )
+    script = (
+        "import importlib.metadata as metadata\n"
+        "scans = []\n"
+        "real = metadata.distributions\n"
+        "metadata.distributions = lambda **kw: scans.append(1) or real(**kw)\n"
+        "from gevent import monkey\n"
+        "from model_server.process.worker import ModelServerWorker\n"
+        "worker = ModelServerWorker.__new__(ModelServerWorker)\n"
+        "worker.sockets = []\n"
+        "worker.patch()\n"
+        "import probe_plugin\n"
+        "print(len(scans), len(probe_plugin.seen), monkey.is_module_patched('socket'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    scans, plugin_calls, patched = done.stdout.split()
+    assert (plugin_calls, patched) == ("1", "True"), done.stdout
+    assert scans == "1", f"gevent's plugin look-ups scanned the installed distributions {scans} times"
+
+
+def test_workers_collect_garbage_and_the_masters_start_is_frozen_out_of_their_collections(artifact_dir, tmp_path):
+    # The master starts with the collector off (gunicorn.conf.py); a worker left that way would never free a
+    # reference cycle. Each worker reports, once it is set up, whether its collector runs and how many of the
+    # master's objects were frozen before the fork.
+    report = tmp_path / "gc"
+    hooks = (
+        "def post_worker_init(worker):\n"
+        f"    with open({str(report)!r}, 'a') as out:\n"
+        "        out.write(f'{os.getpid()} {gc.isenabled()} {gc.get_freeze_count()}\\n')\n"
+    )
+    with serving_with_hooks(hooks, artifact_dir, tmp_path) as (_, port, _):
+        wait_for(lambda: fresh_predictions(f"http://127.0.0.1:{port}", 1) == ["200"], "the server did not answer")
+        wait_for(lambda: report.exists() and len(report.read_text().splitlines()) == 2, "both workers reported")
+        workers = [line.split() for line in report.read_text().splitlines()]
+    assert [enabled for _, enabled, _ in workers] == ["True", "True"], workers
+    # numpy, scikit-learn and the model: far more than any collection of the workers' own should walk
+    assert all(int(frozen) > 100_000 for _, _, frozen in workers), workers

@@ -284,17 +284,21 @@ def deserialise(path: Path, fmt: str, trust_pickle: bool, trusted_types: tuple[s
         except Exception as exc:  # a trusted pickle can still be corrupt
             raise ArtifactError(f"{path} could not be unpickled: {type(exc).__name__}: {exc}") from None
     import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
 
     trusted = (*TRUSTED_TYPES, *trusted_types)
-    untrusted = untrusted_types(path, trusted)
-    if untrusted:
-        raise ArtifactError(
-            f"{path} contains types that are not trusted: {', '.join(untrusted)} "
-            "(if you trust them, list them in MODEL_SERVER_TRUSTED_TYPES)"
-        )
+    # One pass over the file: skops audits every type against ``trusted`` before it constructs anything, so
+    # the separate audit (a second full parse, 0.1 s of a HistGradientBoosting model's load) runs only to
+    # word the refusal.
     try:
         return skops.io.load(path, trusted=list(trusted))
+    except UntrustedTypesFoundException:
+        raise ArtifactError(
+            f"{path} contains types that are not trusted: {', '.join(untrusted_types(path, trusted))} "
+            "(if you trust them, list them in MODEL_SERVER_TRUSTED_TYPES)"
+        ) from None
     except Exception as exc:
+        untrusted_types(path, trusted)  # not a skops file at all: says so
         raise ArtifactError(f"{path} could not be loaded: {type(exc).__name__}: {exc}") from None
 
 
