@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -269,6 +271,63 @@ def test_health_is_serving_once_the_model_is_loaded(channel):
     check = Call(channel, "/grpc.health.v1.Health/Check")
     for service in ("", "readiness", "inference.GRPCInferenceService", "liveness"):
         assert check(check.request_class(service=service))[0].status == 1, service
+
+
+def watch(channel: grpc.Channel, service: str, timeout: float = 30.0) -> Any:
+    """A grpc.health.v1 Watch stream of ``service``: iterate it for HealthCheckResponse messages."""
+    request_class, response_class = messages.methods(messages.HEALTH_SERVICE)["Watch"]
+    stream = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    return stream(request_class(service=service), timeout=timeout)
+
+
+def test_health_watch_streams_the_status_then_not_serving_and_its_end_when_the_server_stops(server, channel):
+    # The standard's Watch (gRPC's client-side health checking): the status at once; an unknown service is
+    # SERVICE_UNKNOWN on a stream that stays open; on SIGTERM every stream says NOT_SERVING and ends, and the
+    # server stops at once rather than at its graceful timeout (an open stream would otherwise hold the drain).
+    ready, unknown = watch(channel, ""), watch(channel, "nope")
+    assert next(ready).status == 1  # SERVING
+    assert next(unknown).status == 3  # SERVICE_UNKNOWN, not an error
+    check = Call(channel, "/grpc.health.v1.Health/Check")
+    assert check(check.request_class())[0].status == 1  # beside open streams, calls are answered
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert [message.status for message in ready] == [2]  # NOT_SERVING, then the end of the stream
+    assert ready.code() == grpc.StatusCode.OK
+    assert [message.status for message in unknown] == [2]
+    server.process.wait(15)
+    assert time.monotonic() - started < 5, "an open Watch held the drain"
+
+
+def test_health_watches_take_at_most_a_quarter_of_a_workers_calls_and_predictions_still_answer(
+    start_server, artifact_dir
+):
+    env = grpc_env(artifact_dir, MODEL_SERVER_WORKER_CONNECTIONS="8", MODEL_SERVER_WORKERS="1")
+    start_server(env)
+    with grpc.insecure_channel(f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}") as channel:
+        streams = [watch(channel, "") for _ in range(2)]  # 8 // 4
+        assert [next(stream).status for stream in streams] == [1, 1]
+        code, details = refusal(lambda: next(watch(channel, "liveness")))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "already streams 2 health watches" in details
+        request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
+        request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+        assert Call(channel, INFER)(request)[0].outputs[0].name == "predict"
+        streams[0].cancel()  # a cancelled stream gives its place back
+        wait_for(lambda: _watch_opens(channel), "a place was not given back after a cancel")
+
+
+def _watch_opens(channel: grpc.Channel) -> bool:
+    stream = watch(channel, "liveness")
+    try:
+        return bool(next(stream).status == 1)
+    except grpc.RpcError:
+        return False
+    finally:
+        stream.cancel()
 
 
 # ---- auth, metrics -----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ...security.tls import TlsError, check_files
 
 log = logging.getLogger("model_server.transport.rpc")
 _running: Any = None  # this worker's grpc.Server, once started
+_service: Any = None  # and its handlers (service.Service)
 
 
 def address(host: str, port: int) -> str:
@@ -34,7 +35,7 @@ def address(host: str, port: int) -> str:
 
 def start(app: Any, settings: Settings, access: Callable[..., None] | None = None) -> Any:
     """Serve gRPC in this worker with ``app``'s model, guard and metrics; the started grpc.Server."""
-    global _running
+    global _running, _service
     if cooperative():
         from grpc.experimental import gevent as grpc_gevent
 
@@ -64,7 +65,7 @@ def start(app: Any, settings: Settings, access: Callable[..., None] | None = Non
     if not bound:
         raise RuntimeError(f"gRPC could not bind {where} (MODEL_SERVER_GRPC_PORT)")
     server.start()
-    _running = server
+    _running, _service = server, service
     log.info("gRPC serving", extra={"address": where, "tls": credentials is not None, "pid": os.getpid()})
     return server
 
@@ -72,8 +73,10 @@ def start(app: Any, settings: Settings, access: Callable[..., None] | None = Non
 def stop(grace: float) -> Any:
     """Refuse new calls, let calls in flight finish within ``grace`` seconds; an event set when done (None when
     gRPC is not running here)."""
-    global _running
-    server, _running = _running, None
+    global _running, _service
+    server, service, _running, _service = _running, _service, None, None
+    if service is not None:
+        service.stopping.set()  # open health Watch streams say NOT_SERVING and end now, not at the grace's end
     return server.stop(grace) if server is not None else None
 
 

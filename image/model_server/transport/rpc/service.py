@@ -12,8 +12,9 @@ its HTTP status, with the message REST sends in ``{"error": ...}``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -40,6 +41,7 @@ STATUS_CODES: dict[int, grpc.StatusCode] = {
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     500: grpc.StatusCode.INTERNAL,
 }
@@ -49,9 +51,19 @@ HEALTH_PATH = "/v2/health/live"  # the guard's open scope: probes carry no crede
 # model is still loading.
 READINESS_SERVICES = frozenset({"", messages.INFERENCE_SERVICE, "readiness"})
 LIVENESS_SERVICE = "liveness"
-_SERVING, _NOT_SERVING = 1, 2
+_SERVING, _NOT_SERVING, _SERVICE_UNKNOWN = 1, 2, 3
+# A Watch stream holds one of the worker's concurrent calls for as long as it is open: at most this share of
+# them may be Watch streams, so watchers can never starve predictions. How often an open stream looks again
+# (readiness has no notification; a change reaches the watcher within this, a stop too).
+WATCHERS_SHARE = 4
+WATCH_POLL_S = 0.5
 
 AccessLog = Callable[..., None]
+Scope = Callable[[Any], str]
+
+
+class TooManyWatchers(ClientError, status=429):
+    """A Watch past this worker's share of streams (RESOURCE_EXHAUSTED)."""
 
 
 class Malformed:
@@ -103,6 +115,10 @@ class Service:
         self.guard = guard
         self.request_metrics = request_metrics
         self.access = access
+        self.stopping = threading.Event()  # set when the worker stops serving gRPC: open Watch streams end
+        self.max_watchers = max(1, settings.worker_connections // WATCHERS_SHARE)
+        self._watchers = 0
+        self._watchers_lock = threading.Lock()
 
     # ---- the handlers: (request, context) -> response; a ClientError for a refusal --------------------
 
@@ -146,11 +162,46 @@ class Service:
         return codec.encode_response(results, runner.outputs, parsed, self.holder.name, served.version)
 
     def health_check(self, request: Any, context: grpc.ServicerContext) -> Any:
-        if request.service == LIVENESS_SERVICE:
-            return messages.HealthCheckResponse(status=_SERVING)
-        if request.service in READINESS_SERVICES:
-            return messages.HealthCheckResponse(status=_SERVING if self.holder.ready() else _NOT_SERVING)
-        raise NotFound(f"unknown health service {request.service!r}; known: '', 'readiness', 'liveness'")
+        status = self._health(request.service)
+        if status is None:
+            raise NotFound(f"unknown health service {request.service!r}; known: '', 'readiness', 'liveness'")
+        return messages.HealthCheckResponse(status=status)
+
+    def health_watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """The standard's Watch: the status at once, then each change. An unknown service is SERVICE_UNKNOWN,
+        not an error (it may be served later). When the worker stops, NOT_SERVING and the end of the stream,
+        so a watcher moves away at once instead of holding the worker's drain to its graceful timeout."""
+        with self._watchers_lock:
+            if self._watchers >= self.max_watchers:
+                raise TooManyWatchers(
+                    f"this worker already streams {self._watchers} health watches, its most "
+                    f"(MODEL_SERVER_WORKER_CONNECTIONS / {WATCHERS_SHARE}); use Check, or watch again later"
+                )
+            self._watchers += 1
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        try:
+            sent = None
+            while not gone.is_set():
+                stopping = self.stopping.is_set()
+                status = _NOT_SERVING if stopping else self._health(request.service) or _SERVICE_UNKNOWN
+                if status != sent:
+                    yield messages.HealthCheckResponse(status=status)
+                    sent = status
+                if stopping:
+                    return
+                gone.wait(WATCH_POLL_S)
+        finally:
+            with self._watchers_lock:
+                self._watchers -= 1
+
+    def _health(self, service: str) -> int | None:
+        """SERVING or NOT_SERVING for a service name the health service knows; None for any other."""
+        if service == LIVENESS_SERVICE:
+            return _SERVING
+        if service in READINESS_SERVICES:
+            return _SERVING if self.holder.ready() else _NOT_SERVING
+        return None
 
     # ---- what every call goes through ------------------------------------------------------------------
 
@@ -167,61 +218,124 @@ class Service:
             "ModelInfer": (self.model_infer, lambda request: f"/v2/models/{request.model_name}"),
         }
         health = {"Check": (self.health_check, open_scope)}
-        return [self._generic(messages.INFERENCE_SERVICE, inference), self._generic(messages.HEALTH_SERVICE, health)]
+        streams = {"Watch": (self.health_watch, open_scope)}
+        return [
+            self._generic(messages.INFERENCE_SERVICE, inference),
+            self._generic(messages.HEALTH_SERVICE, health, streams),
+        ]
 
     def _generic(
-        self, service: str, table: Mapping[str, tuple[Callable[..., Any], Callable[[Any], str]]]
+        self,
+        service: str,
+        table: Mapping[str, tuple[Callable[..., Any], Scope]],
+        streams: Mapping[str, tuple[Callable[..., Iterator[Any]], Scope]] | None = None,
     ) -> grpc.GenericRpcHandler:
         handlers = {}
         for name, (request_class, response_class) in messages.methods(service).items():
+            route = f"/{service}/{name}"
+            if streams and name in streams:
+                stream, scope = streams[name]
+                handlers[name] = grpc.unary_stream_rpc_method_handler(
+                    self._guarded_stream(route, stream, scope),
+                    request_deserializer=_deserializer(request_class),
+                    response_serializer=response_class.SerializeToString,
+                )
+                continue
             handle, scope = table[name]
             handlers[name] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(f"/{service}/{name}", handle, scope, response_class),
+                self._guarded(route, handle, scope, response_class),
                 request_deserializer=_deserializer(request_class),
                 response_serializer=response_class.SerializeToString,
             )
         return grpc.method_handlers_generic_handler(service, handlers)
 
     def _guarded(
-        self, route: str, handle: Callable[[Any, grpc.ServicerContext], Any], scope: Callable[[Any], str], empty: Any
+        self, route: str, handle: Callable[[Any, grpc.ServicerContext], Any], scope: Scope, empty: Any
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            # Binary metadata (keys ending -bin) is bytes; the keys read here are text.
-            metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
-            rid = valid_request_id(metadata.get("x-request-id", ""))
-            caller, model = "anonymous", ""
-            response, status = empty(), 200
+            opened = _Call(context)
+            response = empty()
             try:
-                if isinstance(request, Malformed):
-                    raise BadRequest(f"the request is not a valid {request.message_name} message")
-                who, model = self.guard.check(
-                    scope(request), metadata.get("authorization"), lambda: peer_certificate(context), self.holder.name
-                )
-                caller = who.id if who is not None else "anonymous"
+                opened.admit(self, request, scope)
                 response = handle(request, context)
-            except ClientError as exc:
-                status = exc.status
-                if status in (401, 403):
-                    caller, model = exc.caller, exc.model
-                context.set_code(STATUS_CODES.get(status, grpc.StatusCode.INTERNAL))
-                context.set_details(exc.message)
-            except Exception:
-                log.exception("unhandled error on %s", route)
-                status = 500
-                context.set_code(grpc.StatusCode.INTERNAL)
-                context.set_details("internal server error")  # details go to the log, never to the client
-            context.set_trailing_metadata((("x-request-id", rid),))
-            seconds = time.perf_counter() - started
-            self.request_metrics.record(route, "POST", str(status), seconds)
-            if self.access is not None:
-                self.access(
-                    route, status, seconds, response.ByteSize() if status == 200 else 0, context.peer(), rid,
-                    metadata.get("user-agent"), caller, model,
-                )  # fmt: skip
+            except Exception as exc:  # a ClientError worded for the client by _Call.refused; the rest logged
+                opened.refused(exc, route)
+            self._account(route, opened, response)
             return response
 
         return call
+
+    def _guarded_stream(
+        self, route: str, stream: Callable[[Any, grpc.ServicerContext], Iterator[Any]], scope: Scope
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        """The same guard, refusals and request ID as a unary call; counted and logged once, when the stream's
+        first message is ready (its latency) or it is refused."""
+
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            opened = _Call(context)
+            first, rest = None, iter(())
+            try:
+                opened.admit(self, request, scope)
+                rest = stream(request, context)
+                first = next(rest, None)
+            except Exception as exc:  # as in _guarded
+                opened.refused(exc, route)
+            self._account(route, opened, first)
+            if first is not None:
+                yield first
+                yield from rest
+
+        return call
+
+    def _account(self, route: str, opened: _Call, response: Any) -> None:
+        """Request ID, metrics and the access log of a call answered (``response``) or refused."""
+        opened.context.set_trailing_metadata((("x-request-id", opened.rid),))
+        seconds = time.perf_counter() - opened.started
+        self.request_metrics.record(route, "POST", str(opened.status), seconds)
+        if self.access is not None:
+            size = response.ByteSize() if opened.status == 200 and response is not None else 0
+            self.access(
+                route, opened.status, seconds, size, opened.context.peer(), opened.rid,
+                opened.metadata.get("user-agent"), opened.caller, opened.model,
+            )  # fmt: skip
+
+
+class _Call:
+    """One call's bookkeeping: its metadata, request ID, caller and outcome."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.started = time.perf_counter()
+        self.context = context
+        # Binary metadata (keys ending -bin) is bytes; the keys read here are text.
+        self.metadata = {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+        self.rid = valid_request_id(self.metadata.get("x-request-id", ""))
+        self.caller, self.model, self.status = "anonymous", "", 200
+
+    def admit(self, service: Service, request: Any, scope: Scope) -> None:
+        """The guard's verdict on the caller; a ClientError when the request is malformed or refused."""
+        if isinstance(request, Malformed):
+            raise BadRequest(f"the request is not a valid {request.message_name} message")
+        who, self.model = service.guard.check(
+            scope(request),
+            self.metadata.get("authorization"),
+            lambda: peer_certificate(self.context),
+            service.holder.name,
+        )
+        self.caller = who.id if who is not None else "anonymous"
+
+    def refused(self, exc: Exception, route: str) -> None:
+        """A ClientError as the gRPC status of its HTTP status, with REST's message; anything else INTERNAL."""
+        if isinstance(exc, ClientError):
+            self.status = exc.status
+            if exc.status in (401, 403):
+                self.caller, self.model = exc.caller, exc.model
+            self.context.set_code(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL))
+            self.context.set_details(exc.message)
+            return
+        log.error("unhandled error on %s", route, exc_info=exc)
+        self.status = 500
+        self.context.set_code(grpc.StatusCode.INTERNAL)
+        self.context.set_details("internal server error")  # details go to the log, never to the client
 
 
 def _deserializer(request_class: Any) -> Callable[[bytes], Any]:
