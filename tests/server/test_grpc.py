@@ -45,6 +45,13 @@ def grpc_port(server) -> int:
 Call = rpc_client.Method  # one method of the server's services, with the server's own message classes
 
 
+def one_row_request() -> Any:
+    """A ModelInferRequest of the diabetes model's first row, raw (as tritonclient sends it)."""
+    request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
+    request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+    return request
+
+
 @pytest.fixture
 def server(start_server, artifact_dir):
     env = grpc_env(artifact_dir)
@@ -253,8 +260,7 @@ def test_not_ready_is_unavailable_with_the_rest_message_and_health_says_not_serv
     env = grpc_env(tmp_path / "missing")
     server = start_server(env)
     with grpc.insecure_channel(f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}") as channel:
-        request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
-        request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+        request = one_row_request()
         code, details = refusal(Call(channel, INFER), request)
         rest = requests.post(f"{server.url}/v2/models/diabetes/infer", json={"inputs": []}, timeout=5)
         assert (code, details) == (grpc.StatusCode.UNAVAILABLE, rest.json()["error"])
@@ -313,8 +319,7 @@ def test_health_watches_take_at_most_a_quarter_of_a_workers_calls_and_prediction
         code, details = refusal(lambda: next(watch(channel, "liveness")))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "already streams 2 health watches" in details
-        request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
-        request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+        request = one_row_request()
         assert Call(channel, INFER)(request)[0].outputs[0].name == "predict"
         streams[0].cancel()  # a cancelled stream gives its place back
         wait_for(lambda: _watch_opens(channel), "a place was not given back after a cancel")
@@ -337,8 +342,7 @@ def test_bearer_tokens_guard_grpc_as_they_guard_rest(start_server, artifact_dir,
     made = write_tokens(tmp_path / "tokens", ("scorer", "diabetes"), ("other", "penguins"))
     env = grpc_env(artifact_dir, MODEL_SERVER_AUTH_TOKENS_FILE=str(tmp_path / "tokens"))
     start_server(env)
-    request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
-    request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+    request = one_row_request()
     with grpc.insecure_channel(f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}") as channel:
         infer = Call(channel, INFER)
         code, details = refusal(infer, request)
@@ -397,8 +401,7 @@ def test_grpc_over_mutual_tls_knows_certificate_callers_and_refuses_strangers(st
     )
     start_server(env, client={"verify": str(ca.cert), "cert": (str(client.cert), str(client.key))})
     target = f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}"
-    request = messages.ModelInferRequest(model_name="diabetes", raw_input_contents=[ROWS[:1].tobytes()])
-    request.inputs.add(name="input-0", datatype="FP64", shape=[1, 10])
+    request = one_row_request()
 
     def credentials(issued=None):
         return grpc.ssl_channel_credentials(
