@@ -79,12 +79,14 @@ def sustained(lab: Lab, seconds: int = 60) -> Result:
     )
 
 
-RECOVERY_SAMPLES = 3  # capacity samples after an overload, the first at 90 % of the baseline ends them
+RECOVERY_ROUNDS = 3  # paired samples after an overload; the first in which the overloaded server keeps up ends them
+RECOVERY_SAMPLE_S = 4
+RECOVERED_SHARE = 0.9  # of the twin's speed in the same round
 SHED_SHARE_BOUND_3X = 0.005  # of the requests at 3x, shed while one worker holds too many connections
 
 
 def overload(lab: Lab, seconds: int = 20) -> Result:
-    """Three times the connections capacity needs, then recovery to full speed."""
+    """Three times the connections capacity needs, then recovery to the speed of a fresh twin."""
     server = lab.server()
     warm_up(lab, server)  # a cold baseline would let a server that did not recover pass
     baseline = capacity(lab, server)
@@ -94,14 +96,21 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
     sample = run_wrk(server, "v1", 1, lab.scratch, seconds=seconds, connections=48, threads=2)
     shed = round(metric(server, "model_server_shed_requests_total") - shed_before)
     live = requests.get(f"{server.base}/v2/health/live", timeout=5).status_code
-    # wrk shares the 2 cores with the server, so one 5 s sample can read well under the server's speed (CI once
-    # read 9468 req/s after an overload served at 11115, against a 11300 baseline). A server that did not
-    # recover is slow on every sample; a dip is not: up to RECOVERY_SAMPLES, the best one counts.
-    samples: list[float] = []
-    while len(samples) < RECOVERY_SAMPLES and max(samples, default=0.0) < 0.9 * baseline:
-        samples.append(capacity(lab, server))
-    after = max(samples)
-    recovered = after >= 0.9 * baseline
+    # Recovery is judged against a twin: a fresh server of the same configuration, started after the overload and
+    # measured in turns with the overloaded one. This builder's speed drifts by 15-35 % over tens of seconds (CI
+    # once read 7679 req/s before an overload that served 7304, then 6652, 4838 and 5026 after), so a baseline
+    # taken before the overload judges the machine as much as the server; a twin sampled in the same seconds
+    # does not. A server that did not recover is slower than its twin in every round; a dip is not: up to
+    # RECOVERY_ROUNDS, the best round counts, and the order alternates so neither always runs first.
+    twin = lab.server()
+    warm_up(lab, twin)
+    rounds: list[tuple[float, float]] = []
+    while len(rounds) < RECOVERY_ROUNDS and max((a / b for a, b in rounds), default=0.0) < RECOVERED_SHARE:
+        order = (server, twin) if len(rounds) % 2 == 0 else (twin, server)
+        speed = {each.port: capacity(lab, each, RECOVERY_SAMPLE_S) for each in order}
+        rounds.append((speed[server.port], speed[twin.port]))
+    best = max(rounds, key=lambda pair: pair[0] / pair[1])
+    recovered = best[0] / best[1] >= RECOVERED_SHARE
     # The kernel, not the server, decides which worker accepts each of the 48 connections: now and then one
     # worker holds more connections than its queue admits and sheds some of their requests (a shed keeps its
     # connection, so the imbalance lasts): 0.00-0.12 % of requests in the runs on record, bound at 0.5 %.
@@ -116,12 +125,15 @@ def overload(lab: Lab, seconds: int = 20) -> Result:
             "other non-2xx or socket errors": sample.errors - shed,
             "p50 ms": round(sample.p50_ms, 2),
             "p99 ms": round(sample.p99_ms, 2),
-            "capacity after req/s": round(after),
-            "capacity samples after": [round(x) for x in samples],
+            "capacity after req/s, overloaded server / fresh twin, by round": [
+                f"{round(a)} / {round(b)}" for a, b in rounds
+            ],
+            "share of the twin's speed (best round)": f"{best[0] / best[1]:.0%} (floor {RECOVERED_SHARE:.0%})",
         },
         "3x is within what the workers' queues (MODEL_SERVER_MAX_QUEUE each) absorb: every answer is a 200, "
         "except at most 0.5 % shed while the kernel has handed one worker more connections than its queue "
-        "holds. Past it the server sheds (the 16x scenario).",
+        "holds. Past it the server sheds (the 16x scenario). Afterwards it must serve at 90 % of the speed of a "
+        "fresh server of the same configuration, measured in turns with it.",
     )
 
 
