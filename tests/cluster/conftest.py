@@ -348,3 +348,30 @@ def wait_client(kube: Kube, name: str, namespace: str, timeout: float) -> str:
         timeout=timeout,
         detail=lambda: kube.kubectl("describe", "pod", name, "-n", namespace, check=False)[-3000:],
     )
+
+
+# ---- Argo Rollouts (rollout.enabled) -------------------------------------------------------------------------
+
+
+def rollout_status(kube: Kube, namespace: str, release: str) -> dict:
+    """The status of the Rollout of Helm release ``release``."""
+    selector = f"app.kubernetes.io/instance={release}"
+    return kube.json("get", "rollouts.argoproj.io", "-n", namespace, "-l", selector)["items"][0].get("status", {})
+
+
+def rollout_promoted(status: dict, previous: str | None) -> dict | None:
+    """``status`` once a revision other than ``previous`` is stable on every replica. (With workloadRef a new
+    version changes the Deployment, not the Rollout: its generation stays, so the stable ReplicaSet's hash is
+    what moves.)"""
+    stable = status.get("stableRS")
+    done = stable and stable != previous and status.get("currentPodHash") == stable
+    return status if done and status.get("phase") == "Healthy" else None
+
+
+def judgement_logs(kube: Kube, namespace: str, release: str) -> list[str]:
+    """The rollout analysis Jobs' logs, oldest first: the figures each judgement saw."""
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=test"
+    jobs = kube.json("get", "jobs", "-n", namespace, "-l", selector)["items"]
+    jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"])
+    # check=False: a Job just created has no pod (no log) yet
+    return [kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", namespace, check=False) for job in jobs]

@@ -37,8 +37,18 @@ def effective_values(env: environments.Environment, release: environments.Releas
     return values.coalesce(CHART_DEFAULTS, values.release_values(release or env.releases[0]))
 
 
+def runs_a_rollout(env: environments.Environment) -> bool:
+    return bool(effective_values(env)["rollout"]["enabled"])
+
+
 def expected_replicas(env: environments.Environment) -> int:
+    """The Deployment's replicas once settled."""
     merged = effective_values(env)
+    if runs_a_rollout(env):
+        # The Argo Rollout runs the pods and the Deployment only holds their template (0 replicas). This cluster
+        # runs no Rollouts controller (kwok runs no pod a canary could be judged on): the Rollout's pods, its
+        # canary and the judgement are proved on the real node (test_real_node_environments.py).
+        return 0
     # With the HPA on, the chart leaves replicas to it and the HPA raises them to minReplicas.
     return merged["autoscaling"]["minReplicas"] if merged["autoscaling"]["enabled"] else merged["replicaCount"]
 
@@ -76,7 +86,8 @@ def wait_rolled_out(kube: Kube, env: environments.Environment, release: environm
         status = dep.get("status", {})
         available = any(c["type"] == "Available" and c["status"] == "True" for c in status.get("conditions", []))
         settled = status.get("observedGeneration") == dep["metadata"]["generation"]
-        counts = (status.get("updatedReplicas"), status.get("readyReplicas"), status.get("replicas"))
+        # (a count of 0 is left out of the status)
+        counts = (status.get("updatedReplicas", 0), status.get("readyReplicas", 0), status.get("replicas", 0))
         return dep if available and settled and counts == (replicas, replicas, replicas) else None
 
     return wait_for(
@@ -113,7 +124,7 @@ def test_install_is_available_admitted_and_accepted(
     kube: Kube, installed: dict, env: environments.Environment, release: environments.Release
 ):
     dep = installed[release_id((env, release))]
-    assert dep["status"]["readyReplicas"] == expected_replicas(env)
+    assert dep["status"].get("readyReplicas", 0) == expected_replicas(env)
     assert kube.events(env.namespace, "FailedCreate") == [], "Pod Security (or quota) rejected a pod"
     pods = kube.json("get", "pods", "-n", env.namespace, "-l", f"app.kubernetes.io/instance={release.name}")
     assert all(pod["spec"].get("nodeName") for pod in pods["items"]), "every pod is scheduled onto a kwok node"
@@ -137,6 +148,11 @@ def test_install_is_available_admitted_and_accepted(
         assert "PrometheusRule" in kinds
     if merged["autoscaling"]["enabled"]:
         assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    if merged["rollout"]["enabled"]:
+        assert {"Rollout", "AnalysisTemplate"} <= kinds
+        rollout = kube.json("get", "rollouts.argoproj.io", "-n", env.namespace, "-l",
+                            f"app.kubernetes.io/instance={release.name}")["items"]  # fmt: skip
+        assert [item["spec"]["workloadRef"]["name"] for item in rollout] == [dep["metadata"]["name"]]
     config = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "ConfigMap" and "PORT" in d["data"])
     assert config["data"]["MODEL_SERVER_EXPECTED_VERSION"] == merged["model"]["version"]
     # The image pins a baked artifact (no sha256: each build has another); the model store's by sha256.

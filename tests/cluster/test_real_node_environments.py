@@ -8,8 +8,11 @@ cleared; pull policy Never); a model.sha256 pin is set to the artifact this node
 repository's pins are placeholders until the release pipeline writes real ones, like the image
 digests); where the minimum replicas plus a surge pod would not fit in half this 2-core node
 (staging's 500m, prod's 2 CPUs per pod), the CPU request is lowered to fit and the limit left
-alone. existingClaim mode gets a read-only claim on a host directory holding the image's own
-artifact at the declared subPath, as the platform's model store would.
+alone; where the environment delivers new versions as a canary (rollout.enabled), the canary is cut to one
+judged step of 50 % after 15 s of traffic (the environment's own steps are the chart's rendering, checked in
+tests/chart; the same judge with the same credentials runs here). existingClaim mode gets a read-only claim
+on a host directory holding the image's own artifact at the declared subPath, as the platform's model store
+would.
 
 Clients run as pods in the cluster: from the release's namespace (the chart's own `helm test`),
 from a namespace the NetworkPolicy admits (the ingress controller's, where there is a policy), and
@@ -40,7 +43,10 @@ from tests.cluster.conftest import (
     ROLLOUT_UPGRADE,
     Kube,
     client_pod,
+    judgement_logs,
     read_only_claim,
+    rollout_promoted,
+    rollout_status,
     run_client,
     start_stream,
     stop_stream,
@@ -135,6 +141,9 @@ def node_overrides(merged: dict, image: str, artifact: Path) -> list[str]:
     fit = NODE_CPU_MILLI // 2 // (pods + 1)
     if _milli(merged["resources"]["requests"]["cpu"]) > fit:
         sets.append(f"resources.requests.cpu={fit}m")
+    if merged["rollout"]["enabled"]:
+        # One judged step instead of the environment's minutes of them: the test's time, not the node's.
+        sets += ["rollout.canaryWeights={50}", "rollout.observeSeconds=15", "rollout.judgement.waitSeconds=60"]
     return sets
 
 
@@ -237,8 +246,20 @@ def platform_objects(kube: Kube, installed: Installed, scratch: Path) -> bool:
     assert auth["existingSecret"], "staging and prod turn TLS and tokens on together"
     ca = CA(scratch)
     service = f"{installed.release.name}"  # the release's Service is <release> when its name holds the chart's
-    names = [f"{service}.{installed.namespace}.svc.cluster.local", f"{service}.{installed.namespace}.svc"]
-    pair = ca.issue("server", hosts=(*names, service, f"{service}.{installed.namespace}"))
+    # With rollout.enabled the analysis Job calls the canary and stable Services (<fullname>-canary, -stable)
+    # by their short names: the platform's certificate names them too (environments/README.md).
+    roles = ["", "-canary", "-stable"] if merged["rollout"]["enabled"] else [""]
+    hosts = [
+        f"{service}{role}{suffix}"
+        for role in roles
+        for suffix in (
+            "",
+            f".{installed.namespace}",
+            f".{installed.namespace}.svc",
+            f".{installed.namespace}.svc.cluster.local",
+        )
+    ]
+    pair = ca.issue("server", hosts=tuple(hosts))
     token = tokens.new_token()
     served = {"tls.crt": pair.cert.read_text(), "tls.key": pair.key.read_text(), "ca.crt": ca.cert.read_text()}
     caller = {auth["key"]: tokens.line_for("e2e-client", token, "*") + "\n"}
@@ -454,8 +475,17 @@ class Timeline(threading.Thread):
 
 def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, installed: Installed):
     """preStop sleep, endpoint removal and SIGTERM draining, for real: a client streams real predictions on
-    keep-alive connections through the Service for the whole rollout, and not one of them fails."""
+    keep-alive connections through the Service for the whole rollout, and not one of them fails. Where the
+    environment delivers by canary (staging, prod), the new version is judged on that traffic by the analysis
+    Job, over the environment's TLS with its ServiceAccount token, and promoted."""
+    name, namespace = installed.release.name, installed.namespace
+    canary = installed.values["rollout"]["enabled"]
+    stable = rollout_status(real_kube, namespace, name).get("stableRS") if canary else None
     before = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+    # A replica-weighted canary (no traffic router) gets requests only on connections opened after its pods
+    # are in the Service: this client's four keep-alive connections would stay on the stable pods and the
+    # judgement would find "too little traffic" (it did). Where a canary is judged, the client reconnects
+    # every 20 requests, like many callers; an ingress controller spreads requests over pods in any case.
     client = start_stream(
         real_kube,
         "rollout-client",
@@ -463,16 +493,37 @@ def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, i
         installed.image,
         installed.url,
         connections=4,
+        **({"reconnect_every": 20} if canary else {}),
         **installed.stream_options(),
     )
     timeline = Timeline(real_kube, installed)
     timeline.start()
-    real_kube.helm("upgrade", *installed.helm_args(), *ROLLOUT_UPGRADE)
-    after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
-    wait_pods_gone(real_kube, installed.namespace, before)
-    time.sleep(3)  # a moment of traffic on the new pods alone, then the client's report
+    try:
+        real_kube.helm("upgrade", *installed.helm_args(), *ROLLOUT_UPGRADE)
+        if canary:
+            # helm's wait saw only the Deployment (0 replicas); the Rollout runs the canary step and its judgement.
+            def promoted() -> dict | None:
+                status = rollout_status(real_kube, namespace, name)
+                if status.get("abort"):
+                    judged = judgement_logs(real_kube, namespace, name)
+                    pytest.fail(f"the canary was aborted: {status.get('message')}\n{judged[-1] if judged else ''}")
+                return rollout_promoted(status, stable)
+
+            wait_for(
+                "the canary judged and promoted",
+                promoted,
+                timeout=300,
+                detail=lambda: real_kube.kubectl("describe", "rollout", "-n", namespace, check=False)[-3000:],
+            )
+            judgement = judgement_logs(real_kube, namespace, name)[-1]
+            print(f"judgement of the new version:\n{judgement}")
+            assert "verdict: the canary passed" in judgement, judgement
+        wait_pods_gone(real_kube, namespace, before)
+        after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
+        time.sleep(3)  # a moment of traffic on the new pods alone, then the client's report
+    finally:
+        timeline.done.set()  # (it reads the cluster: never left running past the test)
     result = stop_stream(real_kube, client)
-    timeline.done.set()
     print(f"rollout client: {json.dumps({k: v for k, v in result.items() if k != 'failures'})}")
     assert before, "pods before the upgrade"
     assert after, "pods after the upgrade"

@@ -27,7 +27,16 @@ from sklearn.datasets import load_diabetes
 from sklearn.ensemble import BaggingRegressor
 from sklearn.linear_model import LinearRegression
 
-from tests.cluster.conftest import Kube, read_only_claim, start_stream, stop_stream, wait_for
+from tests.cluster.conftest import (
+    Kube,
+    judgement_logs,
+    read_only_claim,
+    rollout_promoted,
+    rollout_status,
+    start_stream,
+    stop_stream,
+    wait_for,
+)
 from tests.kube import CHART, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -89,21 +98,12 @@ class Release:
             args += ["--set-string" if key in ("image.tag",) else "--set", f"{key}={value}"]
         return args
 
-    def rollout(self) -> dict:
-        selector = f"app.kubernetes.io/instance={self.name}"
-        return self.kube.json("get", "rollouts", "-n", self.namespace, "-l", selector)["items"][0]
-
     def state(self) -> dict:
-        return self.rollout().get("status", {})
+        return rollout_status(self.kube, self.namespace, self.name)
 
     def promoted_from(self, previous: str | None) -> dict | None:
-        """The Rollout's status once a revision other than ``previous`` is stable on every replica. (With
-        workloadRef a new version changes the Deployment, not the Rollout: its generation stays, so the
-        stable ReplicaSet's hash is what moves.)"""
-        state = self.state()
-        stable = state.get("stableRS")
-        done = stable and stable != previous and state.get("currentPodHash") == stable
-        return state if done and state.get("phase") == "Healthy" else None
+        """The Rollout's status once a revision other than ``previous`` is stable on every replica."""
+        return rollout_promoted(self.state(), previous)
 
     def aborted(self) -> dict | None:
         state = self.state()
@@ -111,14 +111,7 @@ class Release:
 
     def judgements(self) -> list[str]:
         """The analysis Jobs' logs, oldest first: the figures each judgement saw."""
-        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=test"
-        jobs = self.kube.json("get", "jobs", "-n", self.namespace, "-l", selector)["items"]
-        jobs.sort(key=lambda job: job["metadata"]["creationTimestamp"])
-        # check=False: a Job just created has no pod (no log) yet
-        return [
-            self.kube.kubectl("logs", f"job/{job['metadata']['name']}", "-n", self.namespace, check=False)
-            for job in jobs
-        ]
+        return judgement_logs(self.kube, self.namespace, self.name)
 
     def pod_versions(self) -> dict[str, str]:
         """Each serving pod of the release still running (not on its way out), and the model version its log
