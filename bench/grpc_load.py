@@ -5,8 +5,10 @@
 The same diabetes model, the same workers, 1 and 100 rows per request, interleaved rounds. gRPC load comes
 from ghz (github.com/bojand/ghz, scripts/tools.sh installs it), every server sent the same serialized
 ModelInferRequest (one FP64 [rows, 10] tensor in raw_input_contents, what tritonclient sends); ours over
-REST from wrk with the same rows as V2 JSON. Both drivers share the 2 cores with the server, alike for
-every server. Prints a table: requests/s, x the fastest peer's gRPC, p50 and p99, errors.
+REST from wrk with the same rows as V2 JSON; and ours again with gunicorn's gthread workers (gRPC's handlers
+on native threads instead of gevent's loop), to show whether the worker class is what holds gRPC back. Both
+drivers share the 2 cores with the server, alike for every server. Prints a table: requests/s, x the fastest
+peer's gRPC, p50 and p99, errors.
 """
 
 from __future__ import annotations
@@ -86,14 +88,29 @@ def run_ghz(port: int, request: Path, seconds: int, connections: int) -> Result:
     )
 
 
-def targets(workers: int, model_dir: Path, joblib_file: Path, name: str, scratch: Path) -> list[Target]:
+def _ours(label: str, workers: int, model_dir: Path, name: str, scratch: Path, **env: str) -> tuple[Server, int]:
     grpc_port = local.free_port()
     launch = local.model_server(
-        0, scratch / "metrics-ours", model_dir, MODEL_SERVER_WORKERS=str(workers), MODEL_SERVER_GRPC_PORT=str(grpc_port)
+        0, scratch / f"metrics-{label}", model_dir, MODEL_SERVER_WORKERS=str(workers),
+        MODEL_SERVER_GRPC_PORT=str(grpc_port), **env,
+    )  # fmt: skip
+    server = Server(label, launch.command, launch.env, launch.cwd, local.free_port(), model=name)
+    server.env["PORT"] = str(server.port)
+    return server, grpc_port
+
+
+def targets(workers: int, model_dir: Path, joblib_file: Path, name: str, scratch: Path) -> list[Target]:
+    ours, grpc_port = _ours("ours", workers, model_dir, name, scratch)
+    # The same server with gunicorn's gthread workers: gRPC's handlers on native threads instead of gevent's
+    # loop (grpcio's gevent integration hands every completion-queue event to the hub; docs/grpc.md).
+    threaded, threaded_grpc = _ours(
+        "ours-gthread", workers, model_dir, name, scratch, MODEL_SERVER_WORKER_CLASS="gthread"
     )
-    ours = Server("ours", launch.command, launch.env, launch.cwd, local.free_port(), model=name)
-    ours.env["PORT"] = str(ours.port)
-    chosen = [Target("ours gRPC", ours, grpc_port), Target("ours REST", ours)]
+    chosen = [
+        Target("ours gRPC", ours, grpc_port),
+        Target("ours gRPC, gthread workers", threaded, threaded_grpc),
+        Target("ours REST", ours),
+    ]
     peer_args = ["--workers", str(workers), "--model-file", str(joblib_file), "--name", name]
     kserve = peer("kserve")
     if kserve:
@@ -158,7 +175,7 @@ def main(argv: list[str]) -> int:
                             result = Result(sample.rps, sample.p50_ms, sample.p99_ms, sample.errors)
                         results.setdefault((rows, target.label), []).append(result)
                         print(
-                            f"bench: round {round_number} {rows:3} rows {target.label:13} {result.rps:8.0f} req/s "
+                            f"bench: round {round_number} {rows:3} rows {target.label:26} {result.rps:8.0f} req/s "
                             f"p99 {result.p99_ms:6.2f} ms errors {result.errors}",
                             file=sys.stderr,
                         )
@@ -179,7 +196,7 @@ def report(results: dict[tuple[int, str], list[Result]], labels: list[str], args
     ]
     for rows in ROWS:
         medians = {label: statistics.median(r.rps for r in results[(rows, label)]) for label in labels}
-        peers = [medians[label] for label in labels if label.endswith("gRPC") and not label.startswith("ours")]
+        peers = [medians[label] for label in labels if "gRPC" in label and not label.startswith("ours")]
         fastest = max(peers) if peers else float("nan")
         for label in labels:
             runs = results[(rows, label)]
