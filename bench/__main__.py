@@ -24,7 +24,7 @@ from typing import TypedDict
 
 from msops import local
 
-from bench.harness import EXPLAIN, ROOT, Sample, Server, choose, peer, run_wrk
+from bench.harness import EXPLAIN, ROOT, Sample, Server, choose, peer, run_wrk, stop_servers_on_sigterm
 
 
 class TrainOptions(TypedDict, total=False):
@@ -317,6 +317,7 @@ OTHER_BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    stop_servers_on_sigterm()
     if argv[:1] and argv[0] in OTHER_BENCHMARKS:  # a benchmark of its own, with its own arguments
         other = importlib.import_module(f"bench.{OTHER_BENCHMARKS[argv[0]]}")
         code: int = other.main(argv[1:])

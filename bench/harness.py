@@ -129,6 +129,16 @@ def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
         return False
 
 
+def stop_servers_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, a CI runner's cancel) into SystemExit, so the ``finally`` blocks that stop every
+    started server run: a benchmark killed by ``timeout`` once left fifteen server processes running."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 @dataclass
 class Server:
     name: str

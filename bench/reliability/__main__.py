@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from bench.harness import stop_servers_on_sigterm
 from bench.reliability import artifacts, connections, inputs, load, signals
 from bench.reliability.lab import Lab, Result
 
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(prog="reliability", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="scenario name (repeatable); default: all")
     parser.add_argument("--write", type=Path, help="write the Markdown report here (e.g. docs/reliability.md)")
