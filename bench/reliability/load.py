@@ -88,7 +88,7 @@ SHED_SHARE_BOUND_3X = 0.005  # of the requests at 3x, shed while one worker hold
 def overload(lab: Lab, seconds: int = 20) -> Result:
     """Three times the connections capacity needs, then recovery to the speed of a fresh twin."""
     server = lab.server()
-    warm_up(lab, server)  # a cold baseline would let a server that did not recover pass
+    warm_up(lab, server)  # the reported capacity is a warm server's (a fresh worker's first seconds run slow)
     baseline = capacity(lab, server)
     shed_before = metric(server, "model_server_shed_requests_total")
     # 16 keep-alive connections saturate 2 workers; 3x that, each sending as fast as answered,

@@ -37,14 +37,10 @@ def effective_values(env: environments.Environment, release: environments.Releas
     return values.coalesce(CHART_DEFAULTS, values.release_values(release or env.releases[0]))
 
 
-def runs_a_rollout(env: environments.Environment) -> bool:
-    return bool(effective_values(env)["rollout"]["enabled"])
-
-
 def expected_replicas(env: environments.Environment) -> int:
     """The Deployment's replicas once settled."""
     merged = effective_values(env)
-    if runs_a_rollout(env):
+    if merged["rollout"]["enabled"]:
         # The Argo Rollout runs the pods and the Deployment only holds their template (0 replicas). This cluster
         # runs no Rollouts controller (kwok runs no pod a canary could be judged on): the Rollout's pods, its
         # canary and the judgement are proved on the real node (test_real_node_environments.py).

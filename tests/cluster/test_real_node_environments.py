@@ -509,7 +509,7 @@ def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, i
                     pytest.fail(f"the canary was aborted: {status.get('message')}\n{judged[-1] if judged else ''}")
                 return rollout_promoted(status, stable)
 
-            wait_for(
+            settled = wait_for(
                 "the canary judged and promoted",
                 promoted,
                 timeout=300,
@@ -518,8 +518,13 @@ def test_upgrade_rolls_every_pod_with_zero_failed_predictions(real_kube: Kube, i
             judgement = judgement_logs(real_kube, namespace, name)[-1]
             print(f"judgement of the new version:\n{judgement}")
             assert "verdict: the canary passed" in judgement, judgement
+            # The pods of the promoted revision (the old ones may not be marked for deletion yet).
+            hash_label = "rollouts-pod-template-hash"
+            after = {p["metadata"]["name"] for p in pods(real_kube, installed)
+                     if p["metadata"]["labels"].get(hash_label) == settled["stableRS"]}  # fmt: skip
+        else:
+            after = {p["metadata"]["name"] for p in pods(real_kube, installed)}  # helm waited for the new pods
         wait_pods_gone(real_kube, namespace, before)
-        after = {p["metadata"]["name"] for p in pods(real_kube, installed)}
         time.sleep(3)  # a moment of traffic on the new pods alone, then the client's report
     finally:
         timeline.done.set()  # (it reads the cluster: never left running past the test)
