@@ -420,6 +420,60 @@ def test_grpc_over_mutual_tls_knows_certificate_callers_and_refuses_strangers(st
         assert refusal(Call(channel, INFER), request)[0] == grpc.StatusCode.UNAVAILABLE
 
 
+# ---- the drain ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_forest_dir(tmp_path_factory) -> Path:
+    """A forest: a model the server batches (a linear model is answered alone, never waiting for company)."""
+    from model_server import train
+
+    model, metadata = train.train("penguins", "random-forest", name="forest", trees=10)
+    directory = tmp_path_factory.mktemp("forest") / "forest"
+    artifact.save(model, metadata, directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_sigterm_answers_grpc_calls_still_waiting_for_company_and_exits_at_once(start_server, small_forest_dir):
+    # Eight calls wait out a 400 ms batch delay when SIGTERM arrives. Each waits in a greenlet of the worker
+    # while the worker's drain waits for gRPC's stop: that wait must leave gevent's loop running (a native
+    # wait there held every call until the graceful timeout cancelled them).
+    env = grpc_env(
+        small_forest_dir, MODEL_SERVER_WORKERS="1", MODEL_SERVER_MAX_BATCH_SIZE="64",
+        MODEL_SERVER_MAX_BATCH_DELAY_MS="400", MODEL_SERVER_GRACEFUL_TIMEOUT="10",
+    )  # fmt: skip
+    server = start_server(env)
+    target = f"127.0.0.1:{env['MODEL_SERVER_GRPC_PORT']}"
+    row = ["Biscoe", 45.1, 17.0, 200.0, 4200.0, "male"]
+    with grpc.insecure_channel(target) as channel:
+        metadata = Call(channel, rpc_client.MODEL_METADATA)
+        described = metadata(metadata.request_class(name="forest"))[0]
+        inputs = [{"name": tensor.name, "datatype": tensor.datatype} for tensor in described.inputs]
+        request = rpc_client.infer_request("forest", inputs, [row])
+        assert Call(channel, INFER)(request)[0].outputs  # the positive control: the call is answered at all
+        outcomes: list[str] = []
+
+        def call() -> None:
+            try:
+                Call(channel, INFER)(request, timeout=15)
+                outcomes.append("OK")
+            except grpc.RpcError as exc:
+                outcomes.append(str(exc.code()))
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.15)  # the calls are queued, waiting for company
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(20)
+    assert outcomes == ["OK"] * 8, outcomes
+    assert server.process.wait(15) == 0
+    assert time.monotonic() - started < 5, "the drain waited for its graceful timeout"
+
+
 # ---- several workers on one port ---------------------------------------------------------------------------
 
 

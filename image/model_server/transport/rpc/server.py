@@ -8,14 +8,16 @@ with the same model, queue and guard. Chosen over one gRPC process of its own: t
 core and one interpreter for every gRPC call while the workers' cores idle, and a second copy of the
 model and its queue to keep consistent.
 
-In a gevent worker gRPC runs on gevent's loop (grpc.experimental.gevent): its handler threads are
-greenlets, so a call waits in the worker's prediction queue like an HTTP request does.
+In a gevent worker gRPC keeps its own native threads and only the handlers run on gevent's loop, in
+greenlets (threads.py: twice what grpcio's gevent integration serves), so a call waits in the worker's
+prediction queue like an HTTP request does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -36,20 +38,25 @@ def address(host: str, port: int) -> str:
 def start(app: Any, settings: Settings, access: Callable[..., None] | None = None) -> Any:
     """Serve gRPC in this worker with ``app``'s model, guard and metrics; the started grpc.Server."""
     global _running, _service
-    if cooperative():
-        from grpc.experimental import gevent as grpc_gevent
-
-        grpc_gevent.init_gevent()  # before any other gRPC object, after gevent's patching (done by now)
     import grpc
 
     from ..fastpath import EXTENSION
+    from . import threads
     from .service import Service
 
-    fast = app.extensions[EXTENSION]
-    service = Service(app.extensions["model_server"], settings, fast.guard, fast.request_metrics, access)
     limit = settings.worker_connections  # calls in flight per worker: REST's connection cap
+    bridge = None
+    executor: Any = None
+    if cooperative():
+        threads.install()  # before the server exists: its poller and conditions are native (threads.py)
+        bridge = threads.HubBridge()
+        executor = threads.Executor(limit)
+    else:
+        executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="grpc")
+    fast = app.extensions[EXTENSION]
+    service = Service(app.extensions["model_server"], settings, fast.guard, fast.request_metrics, access, bridge)
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=limit, thread_name_prefix="grpc"),
+        executor,
         handlers=service.handlers(),
         options=[
             ("grpc.so_reuseport", 1),
@@ -70,14 +77,34 @@ def start(app: Any, settings: Settings, access: Callable[..., None] | None = Non
     return server
 
 
-def stop(grace: float) -> Any:
-    """Refuse new calls, let calls in flight finish within ``grace`` seconds; an event set when done (None when
-    gRPC is not running here)."""
+def stop(grace: float) -> Stopping | None:
+    """Refuse new calls, let calls in flight finish within ``grace`` seconds; what to wait on for the end (None
+    when gRPC is not running here)."""
     global _running, _service
     server, service, _running, _service = _running, _service, None, None
     if service is not None:
         service.stopping.set()  # open health Watch streams say NOT_SERVING and end now, not at the grace's end
-    return server.stop(grace) if server is not None else None
+    return Stopping(server.stop(grace)) if server is not None else None
+
+
+class Stopping:
+    """The end of a server's stop, waited for without blocking gevent's loop: grpc sets a native event from its
+    own thread once the last call finished, and those calls run in this worker's greenlets."""
+
+    POLL_S = 0.02
+
+    def __init__(self, stopped: Any) -> None:
+        self.stopped = stopped
+
+    def wait(self, timeout: float) -> bool:
+        """Whether every call finished within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.stopped.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.POLL_S, left))  # gevent's sleep in a gevent worker: the calls keep running
+        return True
 
 
 def server_credentials(settings: Settings) -> Any:

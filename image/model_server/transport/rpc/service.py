@@ -28,6 +28,7 @@ from ...security.guard import Guard
 from ..middleware import RequestMetrics, valid_request_id
 from ..routes import SERVER_NAME
 from . import codec, messages
+from .threads import HubBridge
 
 log = logging.getLogger("model_server.transport.rpc")
 
@@ -109,8 +110,11 @@ class Service:
         guard: Guard,
         request_metrics: RequestMetrics,
         access: AccessLog | None = None,
+        bridge: HubBridge | None = None,
     ) -> None:
         self.holder = holder
+        # In a gevent worker the calls arrive on gRPC's native threads and their handlers run in the hub.
+        self.bridge = bridge
         self.settings = settings
         self.guard = guard
         self.request_metrics = request_metrics
@@ -179,7 +183,8 @@ class Service:
                 )
             self._watchers += 1
         gone = threading.Event()
-        context.add_callback(gone.set)
+        # Called on gRPC's own thread when the client goes: in a gevent worker, gevent's event is set in the hub.
+        context.add_callback(self.bridge.threadsafe(gone.set) if self.bridge else gone.set)
         try:
             sent = None
             while not gone.is_set():
@@ -235,15 +240,17 @@ class Service:
             route = f"/{service}/{name}"
             if streams and name in streams:
                 stream, scope = streams[name]
+                streaming = self._guarded_stream(route, stream, scope)
                 handlers[name] = grpc.unary_stream_rpc_method_handler(
-                    self._guarded_stream(route, stream, scope),
+                    self.bridge.stream(streaming) if self.bridge else streaming,
                     request_deserializer=_deserializer(request_class),
                     response_serializer=response_class.SerializeToString,
                 )
                 continue
             handle, scope = table[name]
+            unary = self._guarded(route, handle, scope, response_class)
             handlers[name] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(route, handle, scope, response_class),
+                self.bridge.unary(unary) if self.bridge else unary,
                 request_deserializer=_deserializer(request_class),
                 response_serializer=response_class.SerializeToString,
             )
