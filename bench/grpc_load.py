@@ -5,8 +5,9 @@
 The same diabetes model, the same workers, 1 and 100 rows per request, interleaved rounds. gRPC load comes
 from ghz (github.com/bojand/ghz, scripts/tools.sh installs it), every server sent the same serialized
 ModelInferRequest (one FP64 [rows, 10] tensor in raw_input_contents, what tritonclient sends); ours over
-REST from wrk with the same rows as V2 JSON; and ours again with gunicorn's gthread workers (gRPC's handlers
-on native threads instead of gevent's loop), to show whether the worker class is what holds gRPC back. Both
+REST from wrk with the same rows as V2 JSON; and ours again with gunicorn's gthread workers (no gevent at
+all: gRPC's handlers run on its own threads and predictions take the threaded queue), against the default
+gevent worker (gRPC's threads native too, its handlers handed to gevent's loop: transport/rpc/threads.py). Both
 drivers share the 2 cores with the server, alike for every server. Prints a table: requests/s, x the fastest
 peer's gRPC, p50 and p99, errors.
 """
@@ -101,8 +102,8 @@ def _ours(label: str, workers: int, model_dir: Path, name: str, scratch: Path, *
 
 def targets(workers: int, model_dir: Path, joblib_file: Path, name: str, scratch: Path) -> list[Target]:
     ours, grpc_port = _ours("ours", workers, model_dir, name, scratch)
-    # The same server with gunicorn's gthread workers: gRPC's handlers on native threads instead of gevent's
-    # loop (grpcio's gevent integration hands every completion-queue event to the hub; docs/grpc.md).
+    # The same server with gunicorn's gthread workers: gRPC's handlers stay on its own threads, no gevent loop
+    # to hand them to (docs/grpc.md).
     threaded, threaded_grpc = _ours(
         "ours-gthread", workers, model_dir, name, scratch, MODEL_SERVER_WORKER_CLASS="gthread"
     )

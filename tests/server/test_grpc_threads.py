@@ -109,7 +109,7 @@ def test_the_executor_runs_calls_on_os_threads_up_to_its_limit_and_reports_each_
     printed = run_patched(
         """
         native = threads.native_threading()
-        executor = threads.Executor(max_workers=3)
+        executor = threads.Executor(max_workers=3, idle_exit_s=0.5)
         gate = native.Event()
         running, done = [], []
         def call(n):
@@ -128,11 +128,19 @@ def test_the_executor_runs_calls_on_os_threads_up_to_its_limit_and_reports_each_
         executor.submit(lambda: None).add_done_callback(lambda submitted: late.append(1))
         while not late and time.monotonic() < deadline:
             gevent.sleep(0.01)
-        print(at_limit, len(done), len(set(running)), len(late), executor._threads)
+        reused = executor._threads
+        while executor._threads and time.monotonic() < deadline + 5:
+            gevent.sleep(0.05)  # idle past idle_exit_s: the threads end
+        after_idle = executor._threads
+        executor.submit(lambda: None).add_done_callback(lambda submitted: late.append(1))
+        while len(late) < 2 and time.monotonic() < deadline + 5:
+            gevent.sleep(0.01)
+        print(at_limit, len(done), len(set(running)), len(late), reused, after_idle, native.active_count())
         """
     )
-    # 3 running at once (the limit), all 5 done, on 3 distinct OS threads reused, a later call done too
-    assert printed == ["3", "5", "3", "1", "3"]
+    # 3 running at once (the limit), all 5 done on 3 distinct OS threads, a later call done on one of them;
+    # idle, the threads end (only the main thread is left), and the next call starts one again
+    assert printed == ["3", "5", "3", "2", "3", "0", "2"]
 
 
 def test_install_refuses_a_grpcio_whose_private_module_moved():

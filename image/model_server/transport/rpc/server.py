@@ -9,7 +9,7 @@ core and one interpreter for every gRPC call while the workers' cores idle, and 
 model and its queue to keep consistent.
 
 In a gevent worker gRPC keeps its own native threads and only the handlers run on gevent's loop, in
-greenlets (threads.py: twice what grpcio's gevent integration serves), so a call waits in the worker's
+greenlets (threads.py, and why not grpcio's gevent integration), so a call waits in the worker's
 prediction queue like an HTTP request does.
 """
 

@@ -17,8 +17,9 @@ runs as it would in an unpatched process, and only the handler crosses over:
   shedding, metrics) runs where an HTTP request's runs, beside it. A slow client holds one of these threads
   while its message arrives, never the hub.
 
-Tried and dropped: the same with grpc's per-call conditions made waitable from the hub and the calls run as
-greenlets (no call threads at all): as much server CPU per call, and 10-20 % fewer calls/s.
+Tried and dropped (throwaway experiments, docs/grpc.md): the calls run as greenlets outright, with grpc's
+per-call conditions made waitable from the hub; and a call's thread that stops waiting once its handler is
+handed over. Both cost as much server CPU per call and served 10-20 % fewer calls/s.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Executor:
     """A pool of up to ``max_workers`` native threads, started as calls need them, for ``grpc.server``.
     (``concurrent.futures.ThreadPoolExecutor`` would take gevent's patched threads and queue.)"""
 
-    def __init__(self, max_workers: int, name: str = "grpc") -> None:
+    def __init__(self, max_workers: int, name: str = "grpc", idle_exit_s: float = 60.0) -> None:
         self._threading = native_threading()
         self._allocate_lock = self._threading.Lock
         self._ready = self._threading.Condition(self._threading.Lock())
@@ -113,6 +114,9 @@ class Executor:
         self._threads = 0
         self._max = max_workers
         self._name = name
+        # A thread idle this long ends: a burst of slow calls (up to the worker's connection cap) does not leave
+        # that many threads behind for the worker's life.
+        self._idle_exit_s = idle_exit_s
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> _Submitted:
         submitted = _Submitted(self._allocate_lock())
@@ -131,8 +135,11 @@ class Executor:
             with self._ready:
                 while not self._work:
                     self._idle += 1
-                    self._ready.wait()
+                    woken = self._ready.wait(self._idle_exit_s)
                     self._idle -= 1
+                    if not woken and not self._work:
+                        self._threads -= 1
+                        return
                 submitted, fn, args = self._work.popleft()
             try:
                 fn(*args)  # grpc's own wrapper: it reports its exceptions itself
