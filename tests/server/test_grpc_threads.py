@@ -76,10 +76,14 @@ def test_the_bridge_runs_handlers_in_a_greenlet_of_the_hub_and_hands_back_result
             if request == "bad":
                 raise ValueError("refused: " + context)
             return request * 2
+        closed_on = []
         def stream(request, context):
-            for n in range(request):
-                gevent.sleep(0)
-                yield n
+            try:
+                for n in range(request):
+                    gevent.sleep(0)
+                    yield n
+            finally:
+                closed_on.append(native.get_ident() == hub_thread)
         answers = []
         def caller():
             unary = bridge.unary(handler)
@@ -89,6 +93,9 @@ def test_the_bridge_runs_handlers_in_a_greenlet_of_the_hub_and_hands_back_result
             except ValueError as exc:
                 answers.append(str(exc))
             answers.append(list(bridge.stream(stream)(3, None)))
+            abandoned = bridge.stream(stream)(3, None)
+            next(abandoned)  # the client goes after one message: gRPC stops asking and drops the iterator
+            del abandoned
             gone = gevent.event.Event()
             bridge.threadsafe(gone.set)()  # from this OS thread: set in the hub
             answers.append(gone.wait(2))
@@ -97,12 +104,14 @@ def test_the_bridge_runs_handlers_in_a_greenlet_of_the_hub_and_hands_back_result
         thread.start()
         while thread.is_alive():
             gevent.sleep(0.01)
-        print(answers[0], answers[1].replace(" ", "_"), answers[2], answers[3], seen)
+        print(answers[0], answers[1].replace(" ", "_"), answers[2], answers[3], closed_on, seen)
         """
     )
     assert printed[:5] == ["abab", "refused:_ctx", "[0,", "1,", "2]"]
     assert printed[5] == "True"
-    assert "".join(printed[6:]) == "[(True,True),(True,True)]"  # both calls: the hub's OS thread, not the hub
+    # both streams' generators finished on the hub's thread, the abandoned one closed there too
+    assert "".join(printed[6:8]) == "[True,True]"
+    assert "".join(printed[8:]) == "[(True,True),(True,True)]"  # both calls: the hub's OS thread, not the hub
 
 
 def test_the_executor_runs_calls_on_os_threads_up_to_its_limit_and_reports_each_done():

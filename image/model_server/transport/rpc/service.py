@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -274,11 +274,11 @@ class Service:
 
     def _guarded_stream(
         self, route: str, stream: Callable[[Any, grpc.ServicerContext], Iterator[Any]], scope: Scope
-    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    ) -> Callable[[Any, grpc.ServicerContext], Generator[Any, None, None]]:
         """The same guard, refusals and request ID as a unary call; counted and logged once, when the stream's
         first message is ready (its latency) or it is refused."""
 
-        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Generator[Any, None, None]:
             opened = _Call(context)
             first, rest = None, iter(())
             try:

@@ -28,7 +28,7 @@ import importlib.util
 import sys
 import types
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 _native: types.ModuleType | None = None
@@ -191,16 +191,20 @@ class HubBridge:
         """A unary gRPC handler whose body runs in the hub."""
         return lambda request, context: self.call(handler, request, context)
 
-    def stream(self, handler: Callable[[Any, Any], Iterator[Any]]) -> Callable[[Any, Any], Iterator[Any]]:
-        """A streaming gRPC handler whose generator advances in the hub, one message at a time."""
+    def stream(self, handler: Callable[[Any, Any], Generator[Any, None, None]]) -> Callable[[Any, Any], Iterator[Any]]:
+        """A streaming gRPC handler whose generator advances in the hub, one message at a time, and is closed
+        there when gRPC stops asking (the client went): its ``finally`` blocks run in the hub, not here."""
         end = object()
 
         def call(request: Any, context: Any) -> Iterator[Any]:
             messages = self.call(handler, request, context)
-            while True:
-                message = self.call(next, messages, end)
-                if message is end:
-                    return
-                yield message
+            try:
+                while True:
+                    message = self.call(next, messages, end)
+                    if message is end:
+                        return
+                    yield message
+            finally:
+                self.call(messages.close)
 
         return call
