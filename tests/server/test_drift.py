@@ -3,7 +3,9 @@ high for a shifted column, summed correctly over gunicorn workers."""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import requests
 from model_server.core import drift
 from model_server.core.columns import Batch
+from model_server.core.scheduler import Coalesced
 from model_server.core.signature import Column, Signature
 from model_server.transport.app import create_app
 from sklearn.datasets import load_diabetes
@@ -124,11 +127,58 @@ def test_the_window_forgets_the_oldest_rows():
     window = drift.Window(Signature((column,)), size=10)
     window.observe(Batch(rows=8, matrix=np.full((8, 1), -5.0)))  # all in the lowest bin
     window.observe(Batch(rows=6, matrix=np.full((6, 1), 500.0)))  # the top bin; 4 of the lows drop out
+    window.publish_now()  # counted in one pass, as the publisher's timer would
     assert window.counts[0] == 4
     assert window.counts[-2] == 6  # the last numeric bin (the very last is "missing")
     assert window.counts.sum() == 10
     window.observe(Batch(rows=25, matrix=np.full((25, 1), -5.0)))  # more than the window: the last 10 count
+    window.publish_now()
     assert window.counts[0] == 10
+
+
+def test_publishing_on_request_threads_runs_once_per_interval_alone_and_counts_the_last_rows():
+    """Outside a gevent worker (gthread and sync workers) a burst of requests on several threads publishes at most
+    once per interval, never two passes at once, and the rows of the burst's last request are published by the
+    timer without another request to carry them."""
+    noted: list[int] = []
+    published: list[int] = []
+    passes = 0
+    overlaps = 0
+    running = threading.Lock()
+
+    def publish() -> None:
+        nonlocal passes, overlaps
+        if not running.acquire(blocking=False):
+            overlaps += 1
+            return
+        try:
+            passes += 1
+            taken = noted[:]
+            del noted[: len(taken)]
+            time.sleep(0.002)  # a pass takes a while: a second one started meanwhile would overlap
+            published.extend(taken)
+        finally:
+            running.release()
+
+    publisher = Coalesced(publish, interval=0.05)
+
+    def requests_on_a_thread(first: int) -> None:
+        for value in range(first, first + 200):
+            noted.append(value)
+            publisher.request()
+            time.sleep(0.001)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=requests_on_a_thread, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    burst = time.monotonic() - started
+    time.sleep(0.2)  # past the interval: the timer publishes what the last requests noted
+    assert sorted(published) == sorted(n * 1000 + v for n in range(4) for v in range(200))
+    assert overlaps == 0
+    assert passes <= burst / 0.05 + 3, (passes, burst)  # 800 requests
 
 
 @pytest.mark.slow
@@ -142,3 +192,17 @@ def test_counts_and_scores_are_summed_over_gunicorn_workers(start_server, artifa
     scores = drift_scores(text)
     assert set(scores) == set(COLUMNS)
     assert max(scores.values()) < 0.1
+
+
+def test_whether_a_process_is_a_gevent_worker_is_asked_again_after_a_fork():
+    """The answer is cached per process: a worker forked from a master that had asked (not patched) must not
+    inherit the master's answer, or a gevent worker would neither queue nor shed."""
+    from model_server.core import scheduler
+
+    scheduler._COOPERATIVE["answer"] = True  # what a patched parent would have cached
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if "answer" not in scheduler._COOPERATIVE and scheduler.cooperative() is False else 1)
+    _, status = os.waitpid(pid, 0)
+    scheduler._COOPERATIVE.clear()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -245,6 +245,10 @@ class Window:
         names = [self.signature.names[p] for p in self._numeric_positions]
         return np.column_stack([np.asarray(batch.columns[n][-take:], dtype=np.float64) for n in names])
 
+    def publish_now(self) -> None:
+        """Publish what was noted so far without waiting for the timer (a scrape of this worker)."""
+        self._publisher.now()
+
     def publish(self) -> None:
         """Count what was noted, then write the bins whose counts changed to the shared gauge."""
         self._count()

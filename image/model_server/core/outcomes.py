@@ -123,7 +123,7 @@ class Recorder:
     def _all_rings(self) -> list[_Rings]:
         """This process's rings and every live sibling's (a worker that died leaves its file behind until
         gunicorn's child_exit hook removes it; its pid no longer answers, so it is skipped meanwhile)."""
-        self.flush()
+        self._flusher.now()
         own = self._own_rings()
         if self.directory is None:
             return [own]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -60,10 +61,10 @@ class Job:
 
 
 def cooperative() -> bool:
-    """True inside a gevent worker (monkey-patched sockets): work can wait in an event loop. Asked per
-    request, so answered once per process (a gevent worker patches right after it forks)."""
-    pid = os.getpid()
-    known = _COOPERATIVE.get(pid)
+    """True inside a gevent worker (monkey-patched sockets): work can wait in an event loop. Asked several
+    times per request, so answered once per process (a gevent worker patches right after it forks) and
+    forgotten in a forked child, without a getpid system call per question."""
+    known = _COOPERATIVE.get("answer")
     if known is None:
         try:
             from gevent import monkey
@@ -71,34 +72,76 @@ def cooperative() -> bool:
             known = False
         else:
             known = bool(monkey.is_module_patched("socket"))
-        _COOPERATIVE.clear()
-        _COOPERATIVE[pid] = known
+        _COOPERATIVE["answer"] = known
     return known
 
 
-_COOPERATIVE: dict[int, bool] = {}
+_COOPERATIVE: dict[str, bool] = {}
+os.register_at_fork(after_in_child=_COOPERATIVE.clear)
 
 
 class Coalesced:
     """``work`` run at most once per ``interval`` seconds however often it is asked for, the last request
     included (a timer, so the end of a burst is not left waiting): requests note cheap state and the work
-    does the costly pass. Outside a gevent worker (tests, the sync and gthread workers) it runs at once."""
+    does the costly pass. Never two runs at once.
+
+    In a gevent worker the timer is a greenlet. Elsewhere (the sync and gthread workers, tests through Flask's
+    client) a request after a quiet interval runs the work at once on its own thread, and one within the
+    interval leaves it to a timer thread. (Running it on every request, as it did, cost a gthread worker 10-20 % more
+    CPU per gRPC call with drift on, docs/performance.md; and two request threads could count at once.)
+    """
 
     def __init__(self, work: Callable[[], None], interval: float) -> None:
         self.work, self.interval = work, interval
         self._pending = False
         self._last = float("-inf")
+        self._lock = threading.Lock()  # the pending flag and the last run, between request threads
+        self._running = threading.Lock()  # held by the run in progress
+        self._pid = os.getpid()
 
     def request(self) -> None:
-        if not cooperative():
-            self.run()
-        elif not self._pending:
-            import gevent
+        if cooperative():
+            if not self._pending:
+                import gevent
 
-            self._pending = True
-            gevent.spawn_later(max(0.0, self._last + self.interval - time.monotonic()), self.run)
+                self._pending = True
+                gevent.spawn_later(max(0.0, self._last + self.interval - time.monotonic()), self._timed_greenlet)
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # forked: a timer pending in the parent is not running here
+                self._pid, self._pending = os.getpid(), False
+            if self._pending:
+                return
+            wait = self._last + self.interval - time.monotonic()
+            if wait <= 0:
+                self._last = time.monotonic()  # this thread takes the run: others arriving now leave it
+            else:
+                self._pending = True
+        if wait <= 0:
+            self._run_alone()
+        else:
+            timer = threading.Timer(wait, self._timed_run)
+            timer.daemon = True
+            timer.start()
 
-    def run(self) -> None:
+    def _timed_run(self) -> None:
+        with self._lock:
+            self._pending = False
+            self._last = time.monotonic()
+        self._run_alone()
+
+    def _run_alone(self) -> None:
+        with self._running:
+            self.work()
+
+    def now(self) -> None:
+        """Run the work at once, for a reader that wants what was noted so far (a scrape)."""
+        if cooperative():
+            self.work()
+        else:
+            self._run_alone()
+
+    def _timed_greenlet(self) -> None:
         self._pending = False
         self._last = time.monotonic()
         self.work()

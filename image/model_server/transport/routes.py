@@ -208,6 +208,8 @@ def register(app: Flask, holder: ModelHolder, settings: Settings, budget: BodyBu
         scores = None
         if served is not None and settings.drift_window:
             signature = served.artifact.signature
+            if served.window is not None:
+                served.window.publish_now()  # this worker's latest rows, not the last timer's
 
             def scores(counts: dict[tuple[str, str], float]) -> Iterable[tuple[str, float]]:
                 return ((column, psi) for column, psi, _ in drift.scores(signature, counts))
