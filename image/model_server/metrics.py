@@ -7,7 +7,6 @@ so every worker writes its samples there and ``/metrics`` aggregates them on eac
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,13 +22,13 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-# Multiprocess values ask which process they are in on every update (a getpid system call each, several per
-# request); this answers from a number kept current across forks. Set before any metric below is created.
-_PROCESS: list[int] = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _PROCESS.__setitem__(0, os.getpid()))
+from . import pid
+
+# Multiprocess values ask which process they are in on every update, several per request: answered without a
+# getpid system call each (pid.py). Set before any metric below is created.
 if getattr(values.ValueClass, "_multiprocess", False):
     _multiprocess_value: Callable[..., Any] = values.MultiProcessValue  # untyped in prometheus_client
-    values.ValueClass = _multiprocess_value(process_identifier=lambda: _PROCESS[0])
+    values.ValueClass = _multiprocess_value(process_identifier=pid.current)
 
 REQUESTS = Counter(
     "model_server_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"]

@@ -181,6 +181,46 @@ def test_publishing_on_request_threads_runs_once_per_interval_alone_and_counts_t
     assert passes <= burst / 0.05 + 3, (passes, burst)  # 800 requests
 
 
+def test_a_scrape_publishing_at_once_never_runs_beside_a_timer_or_request_pass():
+    """A scrape publishes its worker's latest rows itself (``now``) while request threads and the timer publish
+    too: the passes take turns, even when one outlasts the interval."""
+    overlaps = 0
+    passes = 0
+    running = threading.Lock()
+
+    def publish() -> None:
+        nonlocal passes, overlaps
+        if not running.acquire(blocking=False):
+            overlaps += 1
+            return
+        try:
+            passes += 1
+            time.sleep(0.01)  # longer than the interval
+        finally:
+            running.release()
+
+    publisher = Coalesced(publish, interval=0.005)
+
+    def requests_on_a_thread() -> None:
+        for _ in range(60):
+            publisher.request()
+            time.sleep(0.002)
+
+    def scrapes() -> None:
+        for _ in range(20):
+            publisher.now()
+            time.sleep(0.003)
+
+    threads = [threading.Thread(target=requests_on_a_thread) for _ in range(2)] + [threading.Thread(target=scrapes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    time.sleep(0.05)
+    assert passes >= 20
+    assert overlaps == 0
+
+
 @pytest.mark.slow
 def test_counts_and_scores_are_summed_over_gunicorn_workers(start_server, artifact_dir):
     server = start_server({"MODEL_SERVER_MODEL_DIR": str(artifact_dir), "MODEL_SERVER_DRIFT_WINDOW": "1000"})

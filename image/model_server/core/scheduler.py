@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import metrics
+from .. import metrics, pid
 from ..errors import Overloaded
 from . import columns
 from .columns import Batch
@@ -97,7 +97,7 @@ class Coalesced:
         self._last = float("-inf")
         self._lock = threading.Lock()  # the pending flag and the last run, between request threads
         self._running = threading.Lock()  # held by the run in progress
-        self._pid = os.getpid()
+        self._pid = pid.current()
 
     def request(self) -> None:
         if cooperative():
@@ -105,11 +105,11 @@ class Coalesced:
                 import gevent
 
                 self._pending = True
-                gevent.spawn_later(max(0.0, self._last + self.interval - time.monotonic()), self._timed_greenlet)
+                gevent.spawn_later(max(0.0, self._last + self.interval - time.monotonic()), self._timed_run)
             return
         with self._lock:
-            if self._pid != os.getpid():  # forked: a timer pending in the parent is not running here
-                self._pid, self._pending = os.getpid(), False
+            if self._pid != pid.current():  # forked: a timer pending in the parent is not running here
+                self._pid, self._pending = pid.current(), False
             if self._pending:
                 return
             wait = self._last + self.interval - time.monotonic()
@@ -118,33 +118,24 @@ class Coalesced:
             else:
                 self._pending = True
         if wait <= 0:
-            self._run_alone()
+            self.now()
         else:
             timer = threading.Timer(wait, self._timed_run)
             timer.daemon = True
             timer.start()
 
     def _timed_run(self) -> None:
+        """The timer's run (a greenlet in a gevent worker, a thread elsewhere)."""
         with self._lock:
             self._pending = False
             self._last = time.monotonic()
-        self._run_alone()
-
-    def _run_alone(self) -> None:
-        with self._running:
-            self.work()
+        self.now()
 
     def now(self) -> None:
-        """Run the work at once, for a reader that wants what was noted so far (a scrape)."""
-        if cooperative():
+        """Run the work at once, alone, for a reader that wants what was noted so far (a scrape); the locks are
+        never contended in a gevent worker, where the work does not yield."""
+        with self._running:
             self.work()
-        else:
-            self._run_alone()
-
-    def _timed_greenlet(self) -> None:
-        self._pending = False
-        self._last = time.monotonic()
-        self.work()
 
 
 OVERLOADED = "this worker's prediction queue is full (MODEL_SERVER_MAX_QUEUE requests are waiting); retry in a moment"
