@@ -7,6 +7,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -136,30 +137,39 @@ def test_the_window_forgets_the_oldest_rows():
     assert window.counts[0] == 10
 
 
+class CountedPasses:
+    """A publishing pass that takes ``seconds`` and counts itself, and any pass that began while another ran."""
+
+    def __init__(self, seconds: float, during: Callable[[], None] = lambda: None) -> None:
+        self.seconds, self.during = seconds, during
+        self.passes = self.overlaps = 0
+        self._running = threading.Lock()
+
+    def __call__(self) -> None:
+        if not self._running.acquire(blocking=False):
+            self.overlaps += 1
+            return
+        try:
+            self.passes += 1
+            self.during()
+            time.sleep(self.seconds)  # a pass takes a while: a second one started meanwhile would overlap
+        finally:
+            self._running.release()
+
+
 def test_publishing_on_request_threads_runs_once_per_interval_alone_and_counts_the_last_rows():
     """Outside a gevent worker (gthread and sync workers) a burst of requests on several threads publishes at most
     once per interval, never two passes at once, and the rows of the burst's last request are published by the
     timer without another request to carry them."""
     noted: list[int] = []
     published: list[int] = []
-    passes = 0
-    overlaps = 0
-    running = threading.Lock()
 
-    def publish() -> None:
-        nonlocal passes, overlaps
-        if not running.acquire(blocking=False):
-            overlaps += 1
-            return
-        try:
-            passes += 1
-            taken = noted[:]
-            del noted[: len(taken)]
-            time.sleep(0.002)  # a pass takes a while: a second one started meanwhile would overlap
-            published.extend(taken)
-        finally:
-            running.release()
+    def take() -> None:
+        taken = noted[:]
+        del noted[: len(taken)]
+        published.extend(taken)
 
+    publish = CountedPasses(0.002, take)
     publisher = Coalesced(publish, interval=0.05)
 
     def requests_on_a_thread(first: int) -> None:
@@ -177,28 +187,14 @@ def test_publishing_on_request_threads_runs_once_per_interval_alone_and_counts_t
     burst = time.monotonic() - started
     time.sleep(0.2)  # past the interval: the timer publishes what the last requests noted
     assert sorted(published) == sorted(n * 1000 + v for n in range(4) for v in range(200))
-    assert overlaps == 0
-    assert passes <= burst / 0.05 + 3, (passes, burst)  # 800 requests
+    assert publish.overlaps == 0
+    assert publish.passes <= burst / 0.05 + 3, (publish.passes, burst)  # 800 requests
 
 
 def test_a_scrape_publishing_at_once_never_runs_beside_a_timer_or_request_pass():
     """A scrape publishes its worker's latest rows itself (``now``) while request threads and the timer publish
     too: the passes take turns, even when one outlasts the interval."""
-    overlaps = 0
-    passes = 0
-    running = threading.Lock()
-
-    def publish() -> None:
-        nonlocal passes, overlaps
-        if not running.acquire(blocking=False):
-            overlaps += 1
-            return
-        try:
-            passes += 1
-            time.sleep(0.01)  # longer than the interval
-        finally:
-            running.release()
-
+    publish = CountedPasses(0.01)  # longer than the interval
     publisher = Coalesced(publish, interval=0.005)
 
     def requests_on_a_thread() -> None:
@@ -217,8 +213,8 @@ def test_a_scrape_publishing_at_once_never_runs_beside_a_timer_or_request_pass()
     for thread in threads:
         thread.join()
     time.sleep(0.05)
-    assert passes >= 20
-    assert overlaps == 0
+    assert publish.passes >= 20
+    assert publish.overlaps == 0
 
 
 @pytest.mark.slow
